@@ -1,0 +1,147 @@
+"""The ASGI front: a pure ASGI middleware that moves bytes between the server and the core.
+
+    app = alipay.asgi(app)                                   # any ASGI app
+    fastapi_app.add_middleware(AlipayASGIMiddleware, alipay=alipay)   # the Starlette way
+
+``lifespan`` and ``websocket`` scopes pass straight through. HTTP requests get a copy of the scope with
+``scope["alipay"]`` (the pay helper); the return path also gets ``scope["alipay.return"]``.
+
+Nothing here blocks the event loop: ledger calls and sync hooks run in the ``Alipay`` instance's own
+thread pool (``hook_threads`` workers, asgiref ``thread_sensitive=False``). Deliberately not asgiref's
+default single thread-sensitive thread: one slow hook would stall every other sync call of the app
+(Django runs its sync views there) and hooks for different trades could not progress in parallel.
+Async hooks run on the event loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from .core import Alipay
+from .flow import Answer, Flow, precheck
+
+log = logging.getLogger("alipay_middleware")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _Disconnected(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def asgi_origin(scope: Scope) -> str:
+    host = _header(scope, b"host")
+    if host is None:
+        server = scope.get("server") or ("localhost", None)
+        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+
+
+async def run_flow(flow: Flow, alipay: Alipay) -> Answer:
+    """Drive the core's notify flow: coroutines awaited here, blocking calls in the thread pool."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            call = flow.throw(error) if error is not None else flow.send(result)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        result, error = None, None
+        try:
+            if inspect.iscoroutinefunction(call.fn):
+                result = await call.fn(*call.args)
+            else:
+                result = await sync_to_async(call.fn, thread_sensitive=False, executor=alipay.executor)(*call.args)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:
+            error = exc
+
+
+class AlipayASGIMiddleware:
+    def __init__(self, app: ASGIApp, alipay: Alipay) -> None:
+        if not callable(app):
+            raise TypeError("the wrapped app must be an ASGI callable")
+        if not isinstance(alipay, Alipay):
+            raise TypeError("AlipayASGIMiddleware needs alipay=Alipay(...)")
+        self.app = app
+        self.alipay = alipay
+        self._notify_path = alipay.notify_path
+        self._return_path = alipay.return_path
+        self._helper = alipay.protocol.helper_class
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        alipay = self.alipay
+        if not alipay._started:
+            alipay.start()
+        path = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if path == self._notify_path:
+            return await self._notify(scope, receive, send)
+        scope = dict(scope)
+        scope["alipay"] = self._helper(alipay, scope, asgi_origin)
+        if path == self._return_path:
+            scope["alipay.return"] = (
+                alipay.read_return(scope.get("query_string", b"")) if scope["method"] in ("GET", "HEAD") else None
+            )
+        return await self.app(scope, receive, send)
+
+    async def _notify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        max_body = self.alipay.max_body
+        answer = precheck(scope["method"], _header(scope, b"content-length"), max_body)
+        if answer is None:
+            try:
+                body = await _read_body(receive, max_body)
+            except _Disconnected:
+                return  # nobody is listening for an answer; nothing was recorded
+            if body is None:
+                answer = Answer(413, "body_too_large")
+            else:
+                try:
+                    answer = await run_flow(
+                        self.alipay.notify_flow(body, _header(scope, b"content-type")), self.alipay
+                    )
+                except Exception:
+                    log.exception("alipay notify internal error reason=internal_error status=500")
+                    answer = Answer(500, "internal_error")
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it grows past ``limit`` (a missing or lying Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

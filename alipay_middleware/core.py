@@ -1,0 +1,181 @@
+"""``Alipay``: one configuration, its hooks, its ledger, and the two ways to mount it."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .flow import Flow, notify_flow, read_return
+from .helper import RequestHelper
+from .ledger import Ledger, open_ledger
+
+if TYPE_CHECKING:
+    from .asgi import AlipayASGIMiddleware
+    from .openapi import OpenApiConfig
+    from .wsgi import AlipayWSGIMiddleware
+
+log = logging.getLogger("alipay_middleware")
+F = TypeVar("F", bound=Callable[..., Any])
+_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$")
+
+
+class Alipay:
+    """Verified Alipay callbacks and signed pay requests for one merchant configuration.
+
+    ``lease_seconds``: how long a claimed event is protected from concurrent copies; after that an
+    unfinished claim counts as abandoned (its worker died) and the next copy retakes it.
+    ``hook_threads``: size of the pool that runs sync hooks and ledger calls on the ASGI front.
+    """
+
+    def __init__(
+        self,
+        config: OpenApiConfig,
+        *,
+        notify_path: str = "/alipay/notify",
+        return_path: str = "/alipay/return",
+        ledger: str | Ledger = "sqlite:///alipay-ledger.sqlite3",
+        max_body: int = 64 * 1024,
+        lease_seconds: float = 600.0,
+        hook_threads: int = 8,
+    ) -> None:
+        protocol_factory = getattr(config, "protocol", None)
+        if protocol_factory is None:
+            raise TypeError(f"config must be an OpenApiConfig, not {type(config).__name__}")
+        for name, path in (("notify_path", notify_path), ("return_path", return_path)):
+            if not isinstance(path, str) or not _PATH.match(path):
+                raise ValueError(f"{name} must be a URL path starting with '/', got {path!r}")
+        if notify_path == return_path:
+            raise ValueError("notify_path and return_path must differ")
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or not 1024 <= max_body <= 16 * 2**20:
+            raise ValueError(f"max_body must be an int between 1024 and 16 MiB, got {max_body!r}")
+        if not 1 <= lease_seconds <= 86400:
+            raise ValueError(f"lease_seconds must be between 1 and 86400, got {lease_seconds!r}")
+        if not 1 <= hook_threads <= 256:
+            raise ValueError(f"hook_threads must be between 1 and 256, got {hook_threads!r}")
+        self.config = config
+        self.protocol = protocol_factory()
+        self.notify_path = notify_path
+        self.return_path = return_path
+        self.max_body = max_body
+        self.lease_seconds = float(lease_seconds)
+        self.hook_threads = hook_threads
+        self.ledger = open_ledger(ledger)
+        self.hooks: dict[str, Callable[..., Any]] = {}
+        self.order_amount_fn: Callable[..., Any] | None = None
+        self._started = False
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<Alipay {type(self.protocol).__name__} {self.protocol.account} notify={self.notify_path}>"
+
+    # -- registration ------------------------------------------------------------------------------
+
+    def order_amount(self, fn: F) -> F:
+        """Register ``(out_trade_no) -> Decimal | None``: the amount of our order, None if not ours."""
+        _check_callable(fn, "order_amount")
+        if self.order_amount_fn is not None:
+            raise ValueError("order_amount is already registered; one function answers for all orders")
+        self.order_amount_fn = fn
+        return fn
+
+    def on_paid(self, fn: F) -> F:
+        """Called once per trade on its first TRADE_SUCCESS or TRADE_FINISHED notification."""
+        return self._register(PAID, fn)
+
+    def on_closed(self, fn: F) -> F:
+        """Called once per trade when it closes unpaid (TRADE_CLOSED without a refund)."""
+        return self._register(CLOSED, fn)
+
+    def on_refunded(self, fn: F) -> F:
+        """Called once per refund request (``out_biz_no``)."""
+        return self._register(REFUNDED, fn)
+
+    def _register(self, kind: str, fn: F) -> F:
+        _check_callable(fn, f"on_{kind}")
+        if kind in self.hooks:
+            raise ValueError(f"on_{kind} is already registered ({_name(self.hooks[kind])}); "
+                             "call both from one function")
+        self.hooks[kind] = fn
+        return fn
+
+    # -- mounting ----------------------------------------------------------------------------------
+
+    def wsgi(self, app: Any) -> AlipayWSGIMiddleware:
+        from .wsgi import AlipayWSGIMiddleware
+
+        return AlipayWSGIMiddleware(app, alipay=self)
+
+    def asgi(self, app: Any) -> AlipayASGIMiddleware:
+        from .asgi import AlipayASGIMiddleware
+
+        return AlipayASGIMiddleware(app, alipay=self)
+
+    def helper(self, base_url: str) -> RequestHelper:
+        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``."""
+        origin = base_url.rstrip("/")
+        helper: RequestHelper = self.protocol.helper_class(self, origin, str)
+        return helper
+
+    # -- used by the fronts ------------------------------------------------------------------------
+
+    def notify_flow(self, raw: bytes, content_type: str | None) -> Flow:
+        return notify_flow(self, raw, content_type)
+
+    def read_return(self, query: bytes) -> ReturnResult | None:
+        return read_return(self, query)
+
+    def lease_owner(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    def start(self) -> None:
+        """Once, at the first request: say what is not configured that a shop would regret."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if self.order_amount_fn is None:
+            log.warning("alipay: no @alipay.order_amount registered: out_trade_no and total_amount of "
+                        "notifications are NOT checked against your orders")
+        if PAID not in self.hooks:
+            log.warning("alipay: no @alipay.on_paid hook registered: payments are recorded and "
+                        "acknowledged without calling your code")
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The pool for sync hooks and ledger calls on the ASGI front (not asgiref's single thread)."""
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.hook_threads, thread_name_prefix="alipay")
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.ledger.close()
+
+
+def _check_callable(fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{what} must decorate a function, got {type(fn).__name__}")
+    try:
+        inspect.signature(fn).bind(object())
+    except TypeError:
+        raise TypeError(f"{what} must accept exactly one argument: {_name(fn)} does not") from None
+    except ValueError:  # pragma: no cover - builtins without a signature
+        pass
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

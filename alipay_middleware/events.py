@@ -1,0 +1,57 @@
+"""What hooks and shop pages receive: frozen, typed views of verified callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+PAID = "paid"
+CLOSED = "closed"
+REFUNDED = "refunded"
+OTHER = "other"  # verified, recorded and acknowledged, but no hook (e.g. WAIT_BUYER_PAY)
+KINDS = (PAID, CLOSED, REFUNDED, OTHER)
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """One verified notification, as handed to ``on_paid`` / ``on_closed`` / ``on_refunded``.
+
+    ``key`` is the dedupe key the ledger keeps forever (e.g. ``paid:<app_id>:<out_trade_no>``): a stable
+    idempotency key for the hook's own writes. Events sharing a ``trade_key`` never run their hooks at
+    the same time. ``attempt`` counts the hook calls for this event (1 first).
+    """
+
+    kind: str
+    key: str
+    trade_key: str
+    out_trade_no: str
+    trade_no: str
+    trade_status: str
+    total_amount: Decimal | None
+    refund_fee: Decimal | None
+    out_biz_no: str
+    notify_id: str
+    gmt_payment: datetime | None
+    gmt_refund: datetime | None
+    app_id: str
+    seller_id: str
+    raw: dict[str, str] = field(repr=False)
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class ReturnResult:
+    """A verified browser return, found in ``environ["alipay.return"]`` / ``scope["alipay.return"]``.
+
+    It proves the customer came back from Alipay's page for this order; it does not prove payment
+    (the Open Platform return carries no trade status). Paid-ness comes from the notify.
+    """
+
+    out_trade_no: str
+    trade_no: str
+    total_amount: Decimal | None
+    app_id: str
+    seller_id: str
+    timestamp: datetime | None
+    raw: dict[str, str] = field(repr=False)

@@ -1,0 +1,72 @@
+"""RSA keys in the four shapes merchants paste: PKCS#1 or PKCS#8, with or without PEM armour.
+
+The Alipay console shows keys as bare base64 on one line; key tools write PEM files. Both popular
+Python SDKs reject one shape or another; we accept all four and say precisely what is wrong otherwise.
+Error messages name the setting, never the key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+
+from Crypto.PublicKey import RSA
+
+_BASE64_BODY = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+
+
+def _import(text: str | bytes, setting: str) -> RSA.RsaKey:
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if not isinstance(text, str):
+        raise TypeError(f"{setting} must be a str holding the key text, not {type(text).__name__}")
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"{setting} is empty: paste the key text (PEM or the bare base64 line)")
+    if "-----BEGIN" in stripped:
+        if "ENCRYPTED" in stripped:
+            raise ValueError(f"{setting} is encrypted with a passphrase; export it without one")
+        der_source = stripped
+    else:
+        if not _BASE64_BODY.match(stripped):
+            if os.path.exists(stripped):
+                raise ValueError(
+                    f"{setting} looks like a file path; pass the key's text, e.g. open(path).read()"
+                )
+            raise ValueError(f"{setting} is neither PEM nor base64 key text")
+        try:
+            der_source = base64.b64decode("".join(stripped.split()), validate=True)  # type: ignore[assignment]
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{setting} is not valid base64 key text (truncated when pasted?)") from None
+    try:
+        return RSA.import_key(der_source)
+    except (ValueError, IndexError, TypeError):
+        raise ValueError(
+            f"{setting} is not an RSA key in PKCS#1 or PKCS#8 form (PEM or bare base64)"
+        ) from None
+
+
+def load_private_key(text: str | bytes, setting: str = "app_private_key") -> RSA.RsaKey:
+    key = _import(text, setting)
+    if not key.has_private():
+        raise ValueError(
+            f"{setting} holds a public key; it needs your app's private key (the one you generated "
+            "and never uploaded)"
+        )
+    return key
+
+
+def load_public_key(text: str | bytes, setting: str = "alipay_public_key") -> RSA.RsaKey:
+    key = _import(text, setting)
+    if key.has_private():
+        raise ValueError(
+            f"{setting} holds a private key; it needs Alipay's public key as shown in the console "
+            "(never configure a private key where a public one belongs)"
+        )
+    return key
+
+
+def same_key(a: RSA.RsaKey, b: RSA.RsaKey) -> bool:
+    return bool(a.n == b.n and a.e == b.e)

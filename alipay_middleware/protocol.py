@@ -1,0 +1,83 @@
+"""The protocol-neutral interface the callback core talks to.
+
+A protocol knows how its callbacks are signed and what their fields mean; the core (``core.py``) knows
+the order of things (verify, check the recipient, record, check the order, call the hook, acknowledge).
+The Open Platform lives in ``openapi.py``; the legacy ``create_direct_pay_by_user`` service slots in
+beside it by implementing the same few methods.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from .errors import Rejection
+from .events import PAID, PaymentEvent, ReturnResult
+from .signing import Verifier, sign_string
+from .wire import content_type_charset, parse_form, sniff_charset
+
+
+def verify_signed_fields(
+    fields: Mapping[str, str],
+    charset: str,
+    verifier: Verifier,
+    rules: Iterable[Iterable[str]],
+) -> None:
+    """Accept ``fields`` if its ``sign`` verifies under any of ``rules`` (keys left out of the string)."""
+    signature = fields.get("sign")
+    if not signature:
+        raise Rejection("missing_sign", 400)
+    declared = fields.get("sign_type")
+    if declared and declared != verifier.sign_type:
+        # The hash is pinned to the configuration: an RSA (SHA-1) message under RSA2 is a downgrade.
+        raise Rejection("sign_type_mismatch", 400, f"message says {declared[:10]!r}")
+    for exclude in rules:
+        try:
+            message = sign_string(fields, exclude).encode(charset)
+        except UnicodeEncodeError:  # pragma: no cover - values were decoded from this charset
+            break
+        if verifier.verify(message, signature):
+            return
+    raise Rejection("bad_signature", 400)
+
+
+class Protocol(ABC):
+    """One Alipay protocol, configured. Methods are pure: no I/O, no clock unless asked."""
+
+    #: The merchant identity that namespaces dedupe keys (app id or partner id).
+    account: str
+    #: The class of ``environ["alipay"]`` / ``scope["alipay"]`` for this protocol.
+    helper_class: ClassVar[type[Any]]
+
+    @abstractmethod
+    def verify_notify(self, fields: Mapping[str, str], charset: str) -> None:
+        """Raise :class:`Rejection` unless the notification's signature verifies."""
+
+    @abstractmethod
+    def verify_return(self, fields: Mapping[str, str], charset: str) -> None:
+        """Raise :class:`Rejection` unless the browser return's signature verifies."""
+
+    @abstractmethod
+    def recipient_problem(self, fields: Mapping[str, str]) -> str | None:
+        """A reason code when a verified message is addressed to another app or seller."""
+
+    @abstractmethod
+    def event(self, fields: Mapping[str, str]) -> PaymentEvent:
+        """Classify a verified notification and give it its dedupe key."""
+
+    @abstractmethod
+    def return_result(self, fields: Mapping[str, str]) -> ReturnResult:
+        """Read a verified browser return."""
+
+    def paid_key(self, event: PaymentEvent) -> str:
+        """The dedupe key of the trade's payment: SUCCESS and a later FINISHED share it."""
+        return f"{PAID}:{self.account}:{event.out_trade_no}"
+
+    #: Charset assumed when neither the body nor the Content-Type declares one.
+    default_charset = "utf-8"
+
+    def parse(self, raw: bytes, content_type: str | None) -> tuple[dict[str, str], str]:
+        """Form-decode a callback once, in the charset it declares."""
+        charset = sniff_charset(raw, content_type_charset(content_type) or self.default_charset)
+        return parse_form(raw, charset), charset

@@ -1,0 +1,109 @@
+"""The WSGI front: moves bytes between the server and the core, nothing more.
+
+    flask_app.wsgi_app = alipay.wsgi(flask_app.wsgi_app)
+
+Requests for other paths get ``environ["alipay"]`` (the pay helper) and go straight to the wrapped app,
+whose iterable is returned untouched. The notify path is answered here. The return path is verified and
+then passed on, with the result (or None) in ``environ["alipay.return"]``.
+
+Async hooks also work here: they run to completion on a private event loop via asgiref.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote
+
+from asgiref.sync import async_to_sync
+from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_host, get_input_stream
+
+from .core import Alipay
+from .flow import Answer, Flow, precheck
+
+log = logging.getLogger("alipay_middleware")
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def wsgi_origin(environ: dict[str, Any]) -> str:
+    return f"{environ.get('wsgi.url_scheme', 'http')}://{get_host(environ)}{quote(environ.get('SCRIPT_NAME', ''))}"
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def run_flow(flow: Flow) -> Answer:
+    """Drive the core's notify flow with blocking calls."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            call = flow.throw(error) if error is not None else flow.send(result)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        result, error = None, None
+        try:
+            result = call.fn(*call.args)
+            if inspect.isawaitable(result):
+                result = async_to_sync(_await)(result)
+        except Exception as exc:
+            error = exc
+
+
+class AlipayWSGIMiddleware:
+    def __init__(self, app: WSGIApp, alipay: Alipay) -> None:
+        if not callable(app):
+            raise TypeError("the wrapped app must be a WSGI callable")
+        self.app = app
+        self.alipay = alipay
+        self._notify_path = alipay.notify_path
+        self._return_path = alipay.return_path
+        self._helper = alipay.protocol.helper_class
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        alipay = self.alipay
+        if not alipay._started:
+            alipay.start()
+        path = environ.get("PATH_INFO", "")
+        if path == self._notify_path:
+            return self._notify(environ, start_response)
+        environ["alipay"] = self._helper(alipay, environ, wsgi_origin)
+        if path == self._return_path:
+            environ["alipay.return"] = self._return(environ)
+        return self.app(environ, start_response)
+
+    def _return(self, environ: dict[str, Any]) -> Any:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return None
+        # PEP 3333 hands the query over as latin-1-decoded text: encoding it back restores the bytes.
+        return self.alipay.read_return(environ.get("QUERY_STRING", "").encode("latin-1"))
+
+    def _notify(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        max_body = self.alipay.max_body
+        answer = precheck(environ.get("REQUEST_METHOD", ""), environ.get("CONTENT_LENGTH"), max_body)
+        if answer is None:
+            try:
+                body = get_input_stream(environ, max_content_length=max_body).read(max_body + 1)
+            except (HTTPException, OSError, ValueError):
+                answer = Answer(400, "incomplete_body")
+            else:
+                if len(body) > max_body:
+                    answer = Answer(413, "body_too_large")
+                else:
+                    try:
+                        answer = run_flow(self.alipay.notify_flow(body, environ.get("CONTENT_TYPE")))
+                    except Exception:
+                        log.exception("alipay notify internal error reason=internal_error status=500")
+                        answer = Answer(500, "internal_error")
+        status = HTTPStatus(answer.status)
+        headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
+        start_response(f"{status.value} {status.phrase}", headers)
+        return [answer.body]
