@@ -1,0 +1,275 @@
+"""Shared fixtures: fresh keys, signed notifications, and one client shape over both fronts.
+
+``front`` is parametrised over ``wsgi`` and ``asgi``: a test written against it runs through the real
+WSGI callable (a werkzeug-built environ, the way a server calls it) and through the real ASGI callable
+(scope/receive/send on an event loop in a background thread, so several threads can hit it at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from Crypto.Hash import SHA1, SHA256
+from Crypto.PublicKey import RSA
+from Crypto.Signature import pkcs1_15
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from alipay_middleware import Alipay, OpenApiConfig
+from alipay_middleware.signing import sign_string
+
+VECTORS = Path(__file__).parent / "vectors"
+APP_ID = "2021000000000001"
+SELLER_ID = "2088000000000001"
+
+
+@dataclass(frozen=True)
+class Keys:
+    app: RSA.RsaKey  # the shop's key pair (signs requests)
+    alipay: RSA.RsaKey  # stands in for Alipay's key pair (signs callbacks)
+
+    @property
+    def app_private_pem(self) -> str:
+        return self.app.export_key().decode()
+
+    @property
+    def alipay_public_pem(self) -> str:
+        return self.alipay.public_key().export_key().decode()
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys(app=RSA.generate(2048), alipay=RSA.generate(2048))
+
+
+def make_config(keys: Keys, **overrides: Any) -> OpenApiConfig:
+    settings: dict[str, Any] = dict(
+        app_id=APP_ID,
+        app_private_key=keys.app_private_pem,
+        alipay_public_key=keys.alipay_public_pem,
+        seller_id=SELLER_ID,
+    )
+    settings.update(overrides)
+    return OpenApiConfig(**settings)
+
+
+def sign_fields(fields: Mapping[str, str], key: RSA.RsaKey, *, sign_type: str = "RSA2",
+                rule: str = "V1", charset: str = "utf-8") -> str:
+    exclude = ("sign", "sign_type") if rule == "V1" else ("sign",)
+    digest = (SHA256 if sign_type == "RSA2" else SHA1).new(sign_string(fields, exclude).encode(charset))
+    return base64.b64encode(pkcs1_15.new(key).sign(digest)).decode()
+
+
+def encode_form(fields: Mapping[str, str], charset: str = "utf-8") -> bytes:
+    return "&".join(f"{quote_plus(k)}={quote_plus(v, encoding=charset)}" for k, v in fields.items()).encode("ascii")
+
+
+_trade_numbers = itertools.count(1)
+
+
+def notify_fields(out_trade_no: str = "T1", total_amount: str = "9.90", trade_status: str = "TRADE_SUCCESS",
+                  **overrides: str) -> dict[str, str]:
+    n = next(_trade_numbers)
+    fields = {
+        "notify_time": "2024-01-01 12:00:07",
+        "notify_type": "trade_status_sync",
+        "notify_id": f"2024010100222120006{n:015d}",
+        "app_id": APP_ID,
+        "auth_app_id": APP_ID,
+        "charset": "utf-8",
+        "version": "1.0",
+        "sign_type": "RSA2",
+        "trade_no": f"2024010122001400{n:012d}",
+        "out_trade_no": out_trade_no,
+        "buyer_id": "2088102000000009",
+        "seller_id": SELLER_ID,
+        "trade_status": trade_status,
+        "total_amount": total_amount,
+        "receipt_amount": total_amount,
+        "gmt_create": "2024-01-01 12:00:05",
+        "gmt_payment": "2024-01-01 12:00:06",
+        "subject": "Tea",
+    }
+    fields.update(overrides)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def signed_body(fields: Mapping[str, str], key: RSA.RsaKey, *, sign_type: str = "RSA2", rule: str = "V1",
+                charset: str = "utf-8") -> bytes:
+    signed = dict(fields)
+    signed["sign"] = sign_fields(fields, key, sign_type=sign_type, rule=rule, charset=charset)
+    return encode_form(signed, charset)
+
+
+# -- one client over both fronts ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
+
+
+class WSGIClient:
+    kind = "wsgi"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, body: bytes = b"", *, query: str = "",
+                headers: Mapping[str, str] | None = None, content_type: str | None = FORM) -> Response:
+        all_headers = {"Host": "shop.example"}
+        all_headers.update(headers or {})
+        builder = EnvironBuilder(path=path, method=method, query_string=query or None, data=body,
+                                 headers=all_headers, content_type=content_type if body else None)
+        environ = builder.get_environ()
+        builder.close()
+        iterable, status, response_headers = run_wsgi_app(self.app, environ, buffered=True)
+        data = b"".join(iterable)
+        return Response(int(status.split()[0]), {k.lower(): v for k, v in response_headers.items()}, data)
+
+    def close(self) -> None:
+        pass
+
+
+class ASGIClient:
+    kind = "asgi"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _call(self, scope: dict[str, Any], chunks: list[bytes]) -> Response:
+        pending = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                   for i, c in enumerate(chunks)] or [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop(0)
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, send)
+        start = next(m for m in sent if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
+        return Response(start["status"], headers, body)
+
+    def request(self, method: str, path: str, body: bytes = b"", *, query: str = "",
+                headers: Mapping[str, str] | None = None, content_type: str | None = FORM,
+                chunks: list[bytes] | None = None) -> Response:
+        all_headers = {"host": "shop.example"}
+        if body or chunks:
+            if content_type:
+                all_headers["content-type"] = content_type
+            if chunks is None:
+                all_headers["content-length"] = str(len(body))
+        all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+            "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+            "query_string": query.encode("latin-1"),
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()],
+            "client": ("127.0.0.1", 50000), "server": ("shop.example", 80),
+        }
+        future = asyncio.run_coroutine_threadsafe(self._call(scope, chunks if chunks is not None else [body]),
+                                                  self.loop)
+        return future.result(timeout=60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+# -- minimal inner apps that show what the middleware handed them -----------------------------------------
+
+def inner_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    result = environ.get("alipay.return", "absent")
+    body = f"inner path={environ['PATH_INFO']} return={result!r} helper={type(environ.get('alipay')).__name__}"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+
+
+async def inner_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    result = scope.get("alipay.return", "absent")
+    body = f"inner path={scope['path']} return={result!r} helper={type(scope.get('alipay')).__name__}"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def front_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def mount(front_kind: str) -> Iterator[Callable[[Alipay], WSGIClient | ASGIClient]]:
+    """``mount(alipay)`` -> a client for ``alipay`` wrapped around a minimal app on this front."""
+    clients: list[Any] = []
+
+    def _mount(alipay: Alipay, inner: Any = None) -> WSGIClient | ASGIClient:
+        client: WSGIClient | ASGIClient
+        if front_kind == "wsgi":
+            client = WSGIClient(alipay.wsgi(inner or inner_wsgi))
+        else:
+            client = ASGIClient(alipay.asgi(inner or inner_asgi))
+        clients.append(client)
+        return client
+
+    yield _mount
+    for client in clients:
+        client.close()
+
+
+class Recorder:
+    """Hooks that remember their calls; optionally failing first or blocking until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.lock = threading.Lock()
+        self.fail_next = 0
+
+    def __call__(self, event: Any) -> None:
+        with self.lock:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeError("hook failed on purpose")
+            self.calls.append(event)
+
+
+@pytest.fixture
+def make_alipay(keys: Keys, tmp_path: Path) -> Iterator[Callable[..., Alipay]]:
+    made: list[Alipay] = []
+
+    def _make(ledger: str | None = None, orders: Mapping[str, str] | None = None, **kwargs: Any) -> Alipay:
+        config_overrides = kwargs.pop("config", {})
+        alipay = Alipay(make_config(keys, **config_overrides),
+                        ledger=ledger or f"sqlite:///{tmp_path / f'ledger{len(made)}.sqlite3'}", **kwargs)
+        if orders is not None:
+            table = {k: Decimal(v) for k, v in orders.items()}
+            alipay.order_amount(table.get)
+        made.append(alipay)
+        return alipay
+
+    yield _make
+    for alipay in made:
+        alipay.close()
