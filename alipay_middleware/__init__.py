@@ -11,13 +11,17 @@
 See the README for the hook contract, the answers the notify path gives and the checks it performs.
 """
 
-from .asgi import AlipayASGIMiddleware
+from typing import TYPE_CHECKING, Any
+
 from .core import Alipay
 from .errors import AlipayError, LedgerUnavailable, Rejection
 from .events import PaymentEvent, ReturnResult
 from .ledger import Ledger, SQLiteLedger, StoredEvent
 from .openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
-from .wsgi import AlipayWSGIMiddleware
+
+if TYPE_CHECKING:
+    from .asgi import AlipayASGIMiddleware
+    from .wsgi import AlipayWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -37,3 +41,16 @@ __all__ = [
     "SQLiteLedger",
     "StoredEvent",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The fronts import werkzeug/asgiref; load them on first use so the core stays free of both.
+    if name == "AlipayASGIMiddleware":
+        from .asgi import AlipayASGIMiddleware
+
+        return AlipayASGIMiddleware
+    if name == "AlipayWSGIMiddleware":
+        from .wsgi import AlipayWSGIMiddleware
+
+        return AlipayWSGIMiddleware
+    raise AttributeError(f"module 'alipay_middleware' has no attribute {name!r}")

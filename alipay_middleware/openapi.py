@@ -200,8 +200,9 @@ class OpenApiProtocol(Protocol):
             params["notify_url"] = notify_url
         if return_url:
             params["return_url"] = return_url
-        params["sign"] = self.signer.sign(sign_string(params).encode("utf-8"))
-        return params
+        signed = {k: params[k] for k in sorted(params)}  # sorted, sign last: URLs read like the sign string
+        signed["sign"] = self.signer.sign(sign_string(params).encode("utf-8"))
+        return signed
 
     def gateway_url(self, params: Mapping[str, str]) -> str:
         gateway = self.config.gateway
@@ -221,16 +222,19 @@ def pay_biz(
         raise ValueError("out_trade_no must be 1-64 printable ASCII characters without spaces")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > 256:
         raise ValueError("subject must be a non-empty str of at most 256 characters")
-    for name, value in extra.items():
-        if isinstance(value, float):
-            raise TypeError(f"{name} must not be a float; amounts are Decimal or str")
     biz: dict[str, Any] = {
         "out_trade_no": out_trade_no,
         "total_amount": format_amount(total_amount),
         "subject": subject,
         "product_code": product_code,
     }
-    biz.update({k: v for k, v in extra.items() if v is not None})
+    for name, value in extra.items():
+        if isinstance(value, float):
+            raise TypeError(f"{name} must not be a float; amounts are Decimal or str")
+        if isinstance(value, Decimal):  # the only Decimal biz fields are amounts (e.g. discountable_amount)
+            value = format_amount(value, name)
+        if value is not None:
+            biz[name] = value
     return biz
 
 

@@ -175,7 +175,7 @@ class ASGIClient:
 
     def request(self, method: str, path: str, body: bytes = b"", *, query: str = "",
                 headers: Mapping[str, str] | None = None, content_type: str | None = FORM,
-                chunks: list[bytes] | None = None) -> Response:
+                chunks: list[bytes] | None = None, root_path: str = "") -> Response:
         all_headers = {"host": "shop.example"}
         if body or chunks:
             if content_type:
@@ -185,7 +185,8 @@ class ASGIClient:
         all_headers.update({k.lower(): v for k, v in (headers or {}).items()})
         scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+            "scheme": "http", "path": root_path + path, "raw_path": (root_path + path).encode(),
+            "root_path": root_path,
             "query_string": query.encode("latin-1"),
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()],
             "client": ("127.0.0.1", 50000), "server": ("shop.example", 80),
