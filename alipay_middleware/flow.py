@@ -175,7 +175,8 @@ def read_return(alipay: Alipay, query: bytes) -> ReturnResult | None:
         problem = protocol.recipient_problem(fields)
         if problem is not None:
             raise Rejection(problem)
-        return protocol.return_result(fields)
+        result: ReturnResult = protocol.return_result(fields)
+        return result
     except Rejection as rejection:
         log.info("alipay return not verified reason=%s", rejection.reason)
         return None

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 from Crypto.PublicKey import RSA
@@ -261,7 +261,7 @@ class OpenApiHelper(RequestHelper):
         notify_url, return_url = self.callback_urls(extra.pop("notify_url", None), extra.pop("return_url", None))
         now = extra.pop("now", None)
         biz = pay_biz(product_code, out_trade_no, total_amount, subject, extra)
-        protocol: OpenApiProtocol = self._alipay.protocol  # type: ignore[assignment]
+        protocol = cast(OpenApiProtocol, self._alipay.protocol)
         return protocol, protocol.signed_params(method, biz, notify_url=notify_url, return_url=return_url, now=now)
 
     def page_pay_url(self, *, out_trade_no: str, total_amount: Decimal | str, subject: str, **extra: Any) -> str:

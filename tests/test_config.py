@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from alipay_middleware import Alipay, OpenApiConfig, SQLiteLedger
+from alipay_middleware import Alipay, SQLiteLedger
 from conftest import APP_ID, VECTORS, Keys, make_config
 
 REQ = VECTORS / "synthetic-request-sign"

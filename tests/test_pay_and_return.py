@@ -216,7 +216,8 @@ def test_verified_return_reaches_the_shop_page_with_the_result(returnshop, keys)
 @pytest.mark.parametrize(
     "query_of",
     [
-        lambda key: encode_form(dict(return_fields(), sign=sign_fields(return_fields(total_amount="0.01"), key))).decode(),
+        lambda key: encode_form(dict(return_fields(),
+                                     sign=sign_fields(return_fields(total_amount="0.01"), key))).decode(),
         lambda key: signed_query(return_fields(app_id="2021999999999999"), key),
         lambda key: signed_query(return_fields(seller_id="2088999999999999"), key),
         lambda key: signed_query(return_fields(), key, rule="V2"),

@@ -97,5 +97,5 @@ class Ledger(ABC):
                limit: int = 100) -> list[StoredEvent]:
         """Newest first, optionally filtered."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for ledgers that hold nothing
         """Release connections. The ledger must not be used afterwards."""
