@@ -6,24 +6,23 @@
 ``lifespan`` and ``websocket`` scopes pass straight through. HTTP requests get a copy of the scope with
 ``scope["alipay"]`` (the pay helper); the return path also gets ``scope["alipay.return"]``.
 
-Nothing here blocks the event loop: ledger calls and sync hooks run in the ``Alipay`` instance's own
-thread pool (``hook_threads`` workers, asgiref ``thread_sensitive=False``). Deliberately not asgiref's
-default single thread-sensitive thread: one slow hook would stall every other sync call of the app
-(Django runs its sync views there) and hooks for different trades could not progress in parallel.
-Async hooks run on the event loop.
+Nothing here blocks the event loop: a notification's parsing, verification, ledger calls and sync hooks
+run in the ``Alipay`` instance's own thread pool (``hook_threads`` workers, asgiref
+``thread_sensitive=False``); async hooks are handed back to the event loop (see ``drive.py``).
+Deliberately not asgiref's default single thread-sensitive thread: one slow hook would stall every
+other sync call of the app (Django runs its sync views there) and hooks for different trades could not
+progress in parallel.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from .core import Alipay
-from .flow import Answer, Flow, precheck
+from .drive import run_flow_in_thread
+from .flow import Answer, precheck
 
 log = logging.getLogger("alipay_middleware")
 
@@ -50,28 +49,6 @@ def asgi_origin(scope: Scope) -> str:
         server = scope.get("server") or ("localhost", None)
         host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
     return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
-
-
-async def run_flow(flow: Flow, alipay: Alipay) -> Answer:
-    """Drive the core's notify flow: coroutines awaited here, blocking calls in the thread pool."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            call = flow.throw(error) if error is not None else flow.send(result)
-        except StopIteration as stop:
-            answer: Answer = stop.value
-            return answer
-        result, error = None, None
-        try:
-            if inspect.iscoroutinefunction(call.fn):
-                result = await call.fn(*call.args)
-            else:
-                result = await sync_to_async(call.fn, thread_sensitive=False, executor=alipay.executor)(*call.args)
-                if inspect.isawaitable(result):
-                    result = await result
-        except Exception as exc:
-            error = exc
 
 
 class AlipayASGIMiddleware:
@@ -118,9 +95,8 @@ class AlipayASGIMiddleware:
                 answer = Answer(413, "body_too_large")
             else:
                 try:
-                    answer = await run_flow(
-                        self.alipay.notify_flow(body, _header(scope, b"content-type")), self.alipay
-                    )
+                    flow = self.alipay.notify_flow(body, _header(scope, b"content-type"))
+                    answer = await run_flow_in_thread(flow, self.alipay.executor)
                 except Exception:
                     log.exception("alipay notify internal error reason=internal_error status=500")
                     answer = Answer(500, "internal_error")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
-_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*$")
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
 
 
 class Alipay:
@@ -51,7 +51,7 @@ class Alipay:
         if protocol_factory is None:
             raise TypeError(f"config must be an OpenApiConfig, not {type(config).__name__}")
         for name, path in (("notify_path", notify_path), ("return_path", return_path)):
-            if not isinstance(path, str) or not _PATH.match(path):
+            if not isinstance(path, str) or not _PATH.fullmatch(path):
                 raise ValueError(f"{name} must be a URL path starting with '/', got {path!r}")
         if notify_path == return_path:
             raise ValueError("notify_path and return_path must differ")

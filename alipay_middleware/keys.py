@@ -14,7 +14,7 @@ import re
 
 from Crypto.PublicKey import RSA
 
-_BASE64_BODY = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\s]+")
 
 
 def _import(text: str | bytes, setting: str) -> RSA.RsaKey:
@@ -30,7 +30,7 @@ def _import(text: str | bytes, setting: str) -> RSA.RsaKey:
             raise ValueError(f"{setting} is encrypted with a passphrase; export it without one")
         der_source = stripped
     else:
-        if not _BASE64_BODY.match(stripped):
+        if not _BASE64_BODY.fullmatch(stripped):
             if os.path.exists(stripped):
                 raise ValueError(
                     f"{setting} looks like a file path; pass the key's text, e.g. open(path).read()"

@@ -37,8 +37,8 @@ RULE_V1 = ("sign", "sign_type")
 RULE_V2 = ("sign",)
 PAID_STATUSES = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 
-_APP_ID = re.compile(r"^[0-9]{16}$")
-_OUT_TRADE_NO = re.compile(r"^[\x21-\x7e]{1,64}$")
+_APP_ID = re.compile(r"[0-9]{16}")
+_OUT_TRADE_NO = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def check_gateway(url: str) -> str:
@@ -64,7 +64,7 @@ class OpenApiConfig:
     _public: RSA.RsaKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.app_id, str) or not _APP_ID.match(self.app_id):
+        if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id):
             raise ValueError(
                 f"app_id must be the 16-digit app id from the Open Platform console, got {self.app_id!r}"
             )
@@ -218,7 +218,7 @@ class OpenApiProtocol(Protocol):
 def pay_biz(
     product_code: str, out_trade_no: str, total_amount: Decimal | str, subject: str, extra: Mapping[str, Any]
 ) -> dict[str, Any]:
-    if not isinstance(out_trade_no, str) or not _OUT_TRADE_NO.match(out_trade_no):
+    if not isinstance(out_trade_no, str) or not _OUT_TRADE_NO.fullmatch(out_trade_no):
         raise ValueError("out_trade_no must be 1-64 printable ASCII characters without spaces")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > 256:
         raise ValueError("subject must be a non-empty str of at most 256 characters")

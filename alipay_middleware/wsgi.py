@@ -6,24 +6,23 @@ Requests for other paths get ``environ["alipay"]`` (the pay helper) and go strai
 whose iterable is returned untouched. The notify path is answered here. The return path is verified and
 then passed on, with the result (or None) in ``environ["alipay.return"]``.
 
-Async hooks also work here: they run to completion on a private event loop via asgiref.
+Async hooks also work here: they run to completion on a private event loop via asgiref (``drive.py``).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 
-from asgiref.sync import async_to_sync
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_host, get_input_stream
 
 from .core import Alipay
-from .flow import Answer, Flow, precheck
+from .drive import run_flow
+from .flow import Answer, precheck
 
 log = logging.getLogger("alipay_middleware")
 
@@ -33,29 +32,6 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 def wsgi_origin(environ: dict[str, Any]) -> str:
     return f"{environ.get('wsgi.url_scheme', 'http')}://{get_host(environ)}{quote(environ.get('SCRIPT_NAME', ''))}"
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def run_flow(flow: Flow) -> Answer:
-    """Drive the core's notify flow with blocking calls."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            call = flow.throw(error) if error is not None else flow.send(result)
-        except StopIteration as stop:
-            answer: Answer = stop.value
-            return answer
-        result, error = None, None
-        try:
-            result = call.fn(*call.args)
-            if inspect.isawaitable(result):
-                result = async_to_sync(_await)(result)
-        except Exception as exc:
-            error = exc
 
 
 class AlipayWSGIMiddleware:
@@ -91,7 +67,9 @@ class AlipayWSGIMiddleware:
         answer = precheck(environ.get("REQUEST_METHOD", ""), environ.get("CONTENT_LENGTH"), max_body)
         if answer is None:
             try:
-                body = get_input_stream(environ, max_content_length=max_body).read(max_body + 1)
+                # One byte over the limit is let through so that a body without Content-Length
+                # (wsgi.input_terminated) that is too long is seen as such, not cut to a prefix.
+                body = get_input_stream(environ, max_content_length=max_body + 1).read(max_body + 1)
             except (HTTPException, OSError, ValueError):
                 answer = Answer(400, "incomplete_body")
             else:

@@ -124,3 +124,25 @@ def test_parse_rejections_are_rejections_not_crashes(alipay):
     for raw in (b"=", b"&&&", b"a", b"%", b"a=%F", b"\xff=\xff", b"k=v&k=v", b"a b=c"):
         with pytest.raises(Rejection):
             alipay.protocol.parse(raw, None)
+
+
+@given(data=st.binary(max_size=200))
+def test_unescape_equals_the_standard_library(data):
+    from urllib.parse import unquote_to_bytes
+
+    from alipay_middleware.wire import _BAD_ESCAPE, unescape
+
+    if _BAD_ESCAPE.search(data):
+        return  # rejected before unescaping
+    assert unescape(data) == unquote_to_bytes(data.replace(b"+", b" "))
+
+
+@pytest.mark.parametrize("text", ["9.90\n", " 9.90", "09.90", "1e3", "9.", ".9"])
+def test_amount_patterns_match_whole_strings_only(text):
+    with pytest.raises(ValueError):
+        parse_amount(text)
+
+
+def test_field_name_with_trailing_newline_is_refused(alipay):
+    with pytest.raises(Rejection):
+        alipay.protocol.parse(b"a=1&sign%0A=x", None)

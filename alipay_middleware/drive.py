@@ -1,0 +1,48 @@
+"""The one driver of the core's notify flow, shared by both fronts.
+
+The flow (``flow.py``) yields each blocking or user-supplied step; this runs them in order in the
+calling thread. Coroutine functions (async hooks, an async ``order_amount``) go through asgiref's
+``async_to_sync``: under WSGI that runs them to completion on a private loop; under ASGI, where the
+whole flow runs in a worker thread via ``sync_to_async``, asgiref hands them back to the server's event
+loop. So on ASGI a notification costs one thread hop, its parsing and RSA work stay off the event loop,
+and async hooks still run on the loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+
+from .flow import Answer, Flow
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def run_flow(flow: Flow) -> Answer:
+    """Drive the flow with blocking calls (the WSGI request thread, or a worker thread under ASGI)."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            call = flow.throw(error) if error is not None else flow.send(result)
+        except StopIteration as stop:
+            answer: Answer = stop.value
+            return answer
+        result, error = None, None
+        try:
+            result = call.fn(*call.args)
+            if inspect.isawaitable(result):
+                result = async_to_sync(_await)(result)
+        except Exception as exc:
+            error = exc
+
+
+async def run_flow_in_thread(flow: Flow, executor: ThreadPoolExecutor) -> Answer:
+    """Drive the flow from an event loop: one hop to ``executor``, never blocking the loop."""
+    answer: Answer = await sync_to_async(run_flow, thread_sensitive=False, executor=executor)(flow)
+    return answer
