@@ -93,7 +93,7 @@ def parse_form(raw: bytes, charset: str) -> dict[str, str]:
                 values = decoded.decode(charset).split("\n")
             except UnicodeDecodeError:
                 raise Rejection("undecodable", 400, f"bytes not valid in {charset}") from None
-            fields = dict(zip(b"\n".join(key for key, _ in pairs).decode("ascii").split("\n"), values))
+            fields = dict(zip(b"\n".join(key for key, _ in pairs).decode("ascii").split("\n"), values, strict=True))
             if len(fields) == len(pairs):
                 return fields
     fields = {}

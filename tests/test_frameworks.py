@@ -7,6 +7,7 @@ below run over all of them:
 
     flask                     flask_app.wsgi_app = alipay.wsgi(flask_app.wsgi_app), Flask's test client
     django                    alipay.wsgi(get_wsgi_application()), werkzeug's test Client
+    django-asgi               alipay.asgi(get_asgi_application()), the conftest ASGI client
     fastapi-add_middleware    fastapi_app.add_middleware(AlipayASGIMiddleware, alipay=alipay), TestClient
     fastapi-alipay.asgi       alipay.asgi(fastapi_app), TestClient
     starlette-middleware      Starlette(middleware=[Middleware(AlipayASGIMiddleware, alipay=alipay)])
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import time
 import warnings
@@ -40,7 +42,8 @@ from django.test.utils import override_settings
 from django.urls import path as django_path
 from django.views.decorators.http import require_http_methods
 from fastapi import FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response as FastAPIResponse
+from fastapi.responses import PlainTextResponse
+from fastapi.responses import Response as FastAPIResponse
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.middleware import Middleware
@@ -48,6 +51,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client as WerkzeugClient
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import PRODUCTION_GATEWAY, Alipay, AlipayASGIMiddleware, ReturnResult
 from alipay_middleware.openapi import OpenApiHelper
@@ -196,14 +200,23 @@ if not django_settings.configured:  # settings can be configured once per proces
 _django_site: list[Site] = []  # the site whose test is running (Django's URLconf is module-level)
 
 
+def alipay_keys(request: Any) -> Any:
+    """Where a Django view finds the middleware's keys: the WSGI environ (also ``request.META``) or,
+    under ASGI, the scope."""
+    if hasattr(request, "scope"):  # ASGIRequest
+        return request.scope
+    assert request.META["alipay"] is request.environ["alipay"]
+    return request.META
+
+
 def django_pay(request: Any) -> HttpResponse:
-    helper = request.META["alipay"]
-    assert helper is request.environ["alipay"] and isinstance(helper, OpenApiHelper)
+    helper = alipay_keys(request)["alipay"]
+    assert isinstance(helper, OpenApiHelper)
     return HttpResponse(helper.page_pay_url(**PAY), content_type="text/plain")
 
 
 def django_return(request: Any) -> HttpResponse:
-    return HttpResponse(render_return(request.META["alipay.return"]), content_type="text/plain")
+    return HttpResponse(render_return(alipay_keys(request)["alipay.return"]), content_type="text/plain")
 
 
 @require_http_methods(["GET", "POST"])
@@ -440,9 +453,30 @@ class PlainASGISite(ConftestClientSite):
         self.client = ASGIClient(alipay.asgi(app) if alipay is not None else app)
 
 
+class DjangoASGISite(ConftestClientSite):
+    """``alipay.asgi(get_asgi_application())``: Django's ASGI handler has no lifespan, so the
+    conftest ASGI client (plain http scopes) drives it."""
+
+    def __init__(self, alipay: Alipay | None) -> None:
+        from django.core.asgi import get_asgi_application
+
+        super().__init__(alipay)
+        self._override = override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["shop.example"])
+        self._override.enable()
+        _django_site.append(self)
+        application = get_asgi_application()
+        self.client: Any = ASGIClient(alipay.asgi(application) if alipay is not None else application)
+
+    def close(self) -> None:
+        self.client.close()
+        _django_site.remove(self)
+        self._override.disable()
+
+
 SITES: dict[str, type[Site]] = {
     "flask": FlaskSite,
     "django": DjangoSite,
+    "django-asgi": DjangoASGISite,
     "fastapi-add_middleware": FastAPIAddMiddlewareSite,
     "fastapi-alipay.asgi": FastAPIWrappedSite,
     "starlette-middleware": StarletteSite,
@@ -794,6 +828,7 @@ def test_plain_asgi_non_http_scopes_reach_the_inner_app_untouched(make_alipay: A
                     {"type": "websocket.disconnect", "code": 1000}]
         expected_out = [{"type": "websocket.accept"}, {"type": "websocket.send", "text": "HI"}]
     before = dict(scope)
+    incoming_types = [m["type"] for m in incoming]
     sent: list[Any] = []
 
     async def receive() -> Any:
@@ -806,7 +841,7 @@ def test_plain_asgi_non_http_scopes_reach_the_inner_app_untouched(make_alipay: A
     [(got_scope, got_receive, got_send, snapshot)] = seen
     assert got_scope is scope and got_receive is receive and got_send is send
     assert snapshot == before and scope == before  # no "alipay" key, nothing changed
-    assert sent == expected_out and incoming == []
+    assert exchanged == incoming_types and sent == expected_out
 
 
 def test_plain_wsgi_unrelated_path_returns_the_very_same_iterable(make_alipay: Any) -> None:
@@ -835,8 +870,6 @@ def test_plain_wsgi_unrelated_path_returns_the_very_same_iterable(make_alipay: A
     response.close()  # what a server does when it is done with the body
     assert closed == [True]
 
-    from werkzeug.test import EnvironBuilder
-
     environ = EnvironBuilder(path="/elsewhere").get_environ()
     result = wrapped(environ, lambda status, headers, exc_info=None: None)
     assert result is returned[-1]
@@ -847,3 +880,74 @@ def test_django_helper_is_the_same_object_in_meta_and_environ(make_alipay: Any, 
     site = open_site("django", make_alipay())
     response = site.get("/pay")  # django_pay asserts META["alipay"] is environ["alipay"]
     assert response.status == 200 and response.text.startswith(PRODUCTION_GATEWAY)
+
+
+# == bodies without Content-Length, the way servers hand over chunked requests ========================================
+
+def post_chunked(alipay: Alipay, front: str, body: bytes) -> tuple[int, bytes]:
+    """POST ``body`` to the notify path with no Content-Length, as a server passes a chunked request on.
+
+    WSGI: what gunicorn (and werkzeug's dev server) build for ``Transfer-Encoding: chunked``: no
+    CONTENT_LENGTH, and ``wsgi.input_terminated`` set because the server ends the stream itself.
+    ASGI: the body arrives in several ``http.request`` messages, without a content-length header.
+    """
+    if front == "asgi":
+        client = ASGIClient(alipay.asgi(plain_asgi_app(Site(alipay))))
+        try:
+            response = client.request("POST", NOTIFY, chunks=[body[:1000], body[1000:]])
+        finally:
+            client.close()
+        return response.status, response.body
+    builder = EnvironBuilder(path=NOTIFY, method="POST", headers={"Host": "shop.example",
+                                                                  "Transfer-Encoding": "chunked"},
+                             content_type=FORM)
+    environ = builder.get_environ()
+    builder.close()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
+    iterable, status, _ = run_wsgi_app(alipay.wsgi(plain_wsgi_app(Site(alipay))), environ, buffered=True)
+    return int(status.split()[0]), b"".join(iterable)
+
+
+@pytest.mark.parametrize("front", ["wsgi", "asgi"])
+def test_chunked_notify_within_max_body_is_processed(front: str, make_alipay: Any, keys: Keys) -> None:
+    alipay = make_alipay(orders={"A1": "9.90"})
+    calls: list[Any] = []
+    alipay.on_paid(calls.append)
+    assert post_chunked(alipay, front, signed_body(notify_fields("A1"), keys.alipay)) == (200, b"success")
+    assert len(calls) == 1
+
+
+# The WSGI front reads get_input_stream(environ, max_content_length=max_body).read(max_body + 1). When the
+# server sets wsgi.input_terminated (gunicorn always does; chunked requests carry no Content-Length),
+# werkzeug wraps the input in LimitedStream(limit=max_body, is_max=True), which hands out at most max_body
+# bytes, so the `len(body) > max_body` check never fires: the body is cut at max_body and the prefix is
+# processed as the whole notification (400 from parsing instead of 413, or even 200 success and the hook
+# when the prefix is a complete signed message). Fix: max_content_length=max_body + 1.
+WSGI_CHUNKED_TRUNCATION_BUG = (
+    "BUG: wsgi.py AlipayWSGIMiddleware._notify cuts a body without Content-Length (wsgi.input_terminated) "
+    "at max_body and processes the prefix instead of answering 413; "
+    "fix: get_input_stream(environ, max_content_length=max_body + 1)"
+)
+
+OVERSIZED = {
+    # name: body larger than max_body (64 KiB)
+    "junk": lambda keys: b"a=" + b"x" * (64 * 1024),
+    # a complete signed notification followed by empty fields: its first 64 KiB alone would verify
+    "signed_then_padding": lambda keys: signed_body(notify_fields("A1"), keys.alipay) + b"&" * (64 * 1024),
+}
+
+
+@pytest.mark.parametrize("kind", list(OVERSIZED))
+@pytest.mark.parametrize("front", [
+    pytest.param("wsgi", marks=pytest.mark.xfail(strict=True, reason=WSGI_CHUNKED_TRUNCATION_BUG)),
+    "asgi",
+])
+def test_chunked_notify_over_max_body_is_413_on_both_fronts(front: str, kind: str, make_alipay: Any,
+                                                            keys: Keys) -> None:
+    alipay = make_alipay(orders={"A1": "9.90"})
+    calls: list[Any] = []
+    alipay.on_paid(calls.append)
+    assert post_chunked(alipay, front, OVERSIZED[kind](keys)) == (413, b"fail")
+    assert calls == [] and alipay.ledger.events() == []
