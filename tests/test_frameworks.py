@@ -919,18 +919,10 @@ def test_chunked_notify_within_max_body_is_processed(front: str, make_alipay: An
     assert len(calls) == 1
 
 
-# The WSGI front reads get_input_stream(environ, max_content_length=max_body).read(max_body + 1). When the
-# server sets wsgi.input_terminated (gunicorn always does; chunked requests carry no Content-Length),
-# werkzeug wraps the input in LimitedStream(limit=max_body, is_max=True), which hands out at most max_body
-# bytes, so the `len(body) > max_body` check never fires: the body is cut at max_body and the prefix is
-# processed as the whole notification (400 from parsing instead of 413, or even 200 success and the hook
-# when the prefix is a complete signed message). Fix: max_content_length=max_body + 1.
-WSGI_CHUNKED_TRUNCATION_BUG = (
-    "BUG: wsgi.py AlipayWSGIMiddleware._notify cuts a body without Content-Length (wsgi.input_terminated) "
-    "at max_body and processes the prefix instead of answering 413; "
-    "fix: get_input_stream(environ, max_content_length=max_body + 1)"
-)
-
+# Regression: the WSGI front used to read get_input_stream(environ, max_content_length=max_body), which for
+# a server-terminated stream (wsgi.input_terminated: gunicorn, chunked requests) hands out at most max_body
+# bytes, so an over-long body was cut at max_body and the prefix processed as the whole notification (400,
+# or even 200 success and the hook when the prefix was a complete signed message) instead of 413.
 OVERSIZED = {
     # name: body larger than max_body (64 KiB)
     "junk": lambda keys: b"a=" + b"x" * (64 * 1024),
@@ -940,10 +932,7 @@ OVERSIZED = {
 
 
 @pytest.mark.parametrize("kind", list(OVERSIZED))
-@pytest.mark.parametrize("front", [
-    pytest.param("wsgi", marks=pytest.mark.xfail(strict=True, reason=WSGI_CHUNKED_TRUNCATION_BUG)),
-    "asgi",
-])
+@pytest.mark.parametrize("front", ["wsgi", "asgi"])
 def test_chunked_notify_over_max_body_is_413_on_both_fronts(front: str, kind: str, make_alipay: Any,
                                                             keys: Keys) -> None:
     alipay = make_alipay(orders={"A1": "9.90"})
