@@ -1,0 +1,63 @@
+"""The README's Flask and FastAPI snippets run as written and take a payment."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import notify_fields, signed_body
+
+README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+SNIPPETS = dict(re.findall(r"## (Flask|FastAPI) in 20 lines\n\n```python\n(.*?)```", README, re.S))
+
+
+@pytest.fixture
+def readme_env(keys, monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIPAY_APP_ID", "2021000000000001")
+    monkeypatch.setenv("ALIPAY_APP_PRIVATE_KEY", keys.app_private_pem)
+    monkeypatch.setenv("ALIPAY_PUBLIC_KEY", keys.alipay_public_pem)
+    monkeypatch.chdir(tmp_path)  # the snippets use the default ledger file in the working directory
+
+
+def run_snippet(name: str) -> dict[str, Any]:
+    code = SNIPPETS[name]
+    assert len(code.strip().splitlines()) <= 32, f"the {name} example has grown beyond a screen"
+    namespace: dict[str, Any] = {"__name__": f"readme_{name.lower()}"}
+    exec(compile(code, f"README:{name}", "exec"), namespace)
+    return namespace
+
+
+def test_flask_snippet_takes_a_payment(readme_env, keys, capsys):
+    ns = run_snippet("Flask")
+    client = ns["app"].test_client()
+    response = client.post("/buy/A1")
+    assert response.status_code == 302 and response.location.startswith("https://openapi.alipay.com/gateway.do?")
+    notify = client.post("/alipay/notify", data=signed_body(notify_fields("A1", "9.90"), keys.alipay),
+                         content_type="application/x-www-form-urlencoded")
+    assert (notify.status_code, notify.data) == (200, b"success")
+    assert "paid A1 9.90" in capsys.readouterr().out
+    assert client.get("/alipay/return").data == b"Not verified"
+    ns["alipay"].close()
+
+
+def test_fastapi_snippet_takes_a_payment(readme_env, keys, capsys):
+    ns = run_snippet("FastAPI")
+
+    async def journey() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=ns["app"])
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as client:
+            buy = await client.post("/buy/A1")
+            notify = await client.post("/alipay/notify", content=signed_body(notify_fields("A1", "9.90"), keys.alipay),
+                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+            return buy, notify
+
+    buy, notify = asyncio.run(journey())
+    assert buy.status_code == 303 and buy.headers["location"].startswith("https://openapi.alipay.com/gateway.do?")
+    assert (notify.status_code, notify.content) == (200, b"success")
+    assert "paid A1 9.90" in capsys.readouterr().out
+    ns["alipay"].close()
