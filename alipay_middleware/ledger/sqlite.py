@@ -61,7 +61,8 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
         # An in-memory database lives in one connection, shared by all threads under a lock.
         self._lock: threading.Lock | None = threading.Lock() if self._memory else None
-        self._connections: list[sqlite3.Connection] = []
+        # (pid, connection): a forked child must neither use nor close its parent's connections.
+        self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         try:
             with self._tx() as db:
@@ -84,7 +85,7 @@ class SQLiteLedger(Ledger):
             db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         with self._connections_lock:
-            self._connections.append(db)
+            self._connections.append((os.getpid(), db))
         return db
 
     def _connection(self) -> sqlite3.Connection:
@@ -93,7 +94,7 @@ class SQLiteLedger(Ledger):
         if self._memory:
             if not self._connections:
                 return self._connect()
-            return self._connections[0]
+            return self._connections[0][1]
         db: sqlite3.Connection | None = getattr(local, "db", None)
         if db is None or local.pid != pid:  # new thread, or a forked child must not reuse a parent's
             db = self._connect()
@@ -265,12 +266,14 @@ class SQLiteLedger(Ledger):
         return [self._stored(row) for row in rows]
 
     def close(self) -> None:
+        pid = os.getpid()
         with self._connections_lock:
-            for db in self._connections:
-                try:
-                    db.close()
-                except sqlite3.Error:  # pragma: no cover
-                    pass
+            for owner, db in self._connections:
+                if owner == pid:
+                    try:
+                        db.close()
+                    except sqlite3.Error:  # pragma: no cover
+                        pass
             self._connections.clear()
         self._local = threading.local()
 
