@@ -133,18 +133,17 @@ class OpenApiProtocol(Protocol):
         is_refund = bool(fields.get("gmt_refund")) or (refund_fee is not None and refund_fee > 0)
         trade = out_trade_no or f"notify:{notify_id}"
         if not out_trade_no:  # not a trade message (another notify_type): recorded, never hooked
-            kind, key = OTHER, f"{OTHER}:{self.account}:notify:{notify_id or fields.get('sign', '')[:32]}"
+            kind, key = OTHER, self.key(OTHER, "notify", notify_id or fields.get("sign", "")[:32])
         elif is_refund:
             # One refund per refund request number; gmt_refund stands in when out_biz_no is missing.
             refund_id = fields.get("out_biz_no") or fields.get("gmt_refund") or notify_id
-            kind, key = REFUNDED, f"{REFUNDED}:{self.account}:{out_trade_no}:{refund_id}"
+            kind, key = REFUNDED, self.key(REFUNDED, out_trade_no, refund_id)
         elif status in PAID_STATUSES:
-            # SUCCESS and later FINISHED share one key: a trade is paid once.
-            kind, key = PAID, f"{PAID}:{self.account}:{out_trade_no}"
+            kind, key = PAID, self.key(PAID, out_trade_no)  # SUCCESS and a later FINISHED: paid once
         elif status == "TRADE_CLOSED":
-            kind, key = CLOSED, f"{CLOSED}:{self.account}:{out_trade_no}"
+            kind, key = CLOSED, self.key(CLOSED, out_trade_no)
         else:
-            kind, key = OTHER, f"{OTHER}:{self.account}:{out_trade_no}:{status or 'none'}"
+            kind, key = OTHER, self.key(OTHER, out_trade_no, status or "none")
         return PaymentEvent(
             kind=kind,
             key=key,

@@ -70,9 +70,13 @@ class Protocol(ABC):
     def return_result(self, fields: Mapping[str, str]) -> ReturnResult:
         """Read a verified browser return."""
 
+    def key(self, kind: str, *parts: str) -> str:
+        """A dedupe key, namespaced by the merchant: ``paid:<app_id>:<out_trade_no>`` and the like."""
+        return ":".join((kind, self.account, *parts))
+
     def paid_key(self, event: PaymentEvent) -> str:
         """The dedupe key of the trade's payment: SUCCESS and a later FINISHED share it."""
-        return f"{PAID}:{self.account}:{event.out_trade_no}"
+        return self.key(PAID, event.out_trade_no)
 
     #: Charset assumed when neither the body nor the Content-Type declares one.
     default_charset = "utf-8"
