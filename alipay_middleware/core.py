@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
 from .flow import Flow, notify_flow, read_return
-from .helper import RequestHelper
 from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
@@ -120,11 +119,11 @@ class Alipay:
 
         return AlipayASGIMiddleware(app, alipay=self)
 
-    def helper(self, base_url: str) -> RequestHelper:
-        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``."""
-        origin = base_url.rstrip("/")
-        helper: RequestHelper = self.protocol.helper_class(self, origin, str)
-        return helper
+    def helper(self, base_url: str) -> Any:
+        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``.
+
+        The same object as ``environ["alipay"]`` (for this protocol: page/wap pay URLs and forms)."""
+        return self.protocol.helper_class(self, base_url.rstrip("/"), str)
 
     # -- used by the fronts ------------------------------------------------------------------------
 
