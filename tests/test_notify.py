@@ -497,3 +497,32 @@ def test_changing_any_signed_field_is_rejected(shop):
     assert_fail(shop.post(encode_form(added)), 400)
     assert shop.paid.calls == []
     assert_success(shop.post(encode_form(signed)))
+
+
+def test_a_blocked_sync_hook_does_not_block_the_event_loop(make_alipay, keys):
+    from conftest import ASGIClient, inner_asgi
+
+    alipay = make_alipay()
+    entered, release = threading.Event(), threading.Event()
+
+    @alipay.on_paid
+    def slow(event):
+        entered.set()
+        release.wait(30)
+
+    client = ASGIClient(alipay.asgi(inner_asgi))
+    try:
+        answers: list[Any] = []
+        worker = threading.Thread(target=lambda: answers.append(
+            client.request("POST", NOTIFY, signed_body(notify_fields("T1"), keys.alipay))))
+        worker.start()
+        assert entered.wait(30)
+        # The hook is still blocked, yet the same event loop serves the shop's pages.
+        page = client.request("GET", "/shop")
+        assert page.status == 200 and page.body.startswith(b"inner path=/shop")
+        release.set()
+        worker.join(30)
+        assert_success(answers[0])
+    finally:
+        release.set()
+        client.close()
