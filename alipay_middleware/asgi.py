@@ -16,15 +16,12 @@ progress in parallel.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .core import Alipay
 from .drive import run_flow_in_thread
-from .flow import Answer, precheck
-
-log = logging.getLogger("alipay_middleware")
+from .flow import TOO_LARGE, precheck
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -78,9 +75,7 @@ class AlipayASGIMiddleware:
         scope = dict(scope)
         scope["alipay"] = self._helper(alipay, scope, asgi_origin)
         if path == self._return_path:
-            scope["alipay.return"] = (
-                alipay.read_return(scope.get("query_string", b"")) if scope["method"] in ("GET", "HEAD") else None
-            )
+            scope["alipay.return"] = alipay.read_return(scope["method"], scope.get("query_string", b""))
         return await self.app(scope, receive, send)
 
     async def _notify(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,14 +87,10 @@ class AlipayASGIMiddleware:
             except _Disconnected:
                 return  # nobody is listening for an answer; nothing was recorded
             if body is None:
-                answer = Answer(413, "body_too_large")
+                answer = TOO_LARGE
             else:
-                try:
-                    flow = self.alipay.notify_flow(body, _header(scope, b"content-type"))
-                    answer = await run_flow_in_thread(flow, self.alipay.executor)
-                except Exception:
-                    log.exception("alipay notify internal error reason=internal_error status=500")
-                    answer = Answer(500, "internal_error")
+                flow = self.alipay.notify_flow(body, _header(scope, b"content-type"))
+                answer = await run_flow_in_thread(flow, self.alipay.executor)
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})

@@ -130,8 +130,8 @@ class Alipay:
     def notify_flow(self, raw: bytes, content_type: str | None) -> Flow:
         return notify_flow(self, raw, content_type)
 
-    def read_return(self, query: bytes) -> ReturnResult | None:
-        return read_return(self, query)
+    def read_return(self, method: str, query: bytes) -> ReturnResult | None:
+        return read_return(self, method, query)
 
     def lease_owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

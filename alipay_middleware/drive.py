@@ -11,12 +11,15 @@ and async hooks still run on the loop.
 from __future__ import annotations
 
 import inspect
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 
-from .flow import Answer, Flow
+from .flow import INTERNAL_ERROR, Answer, Flow
+
+log = logging.getLogger("alipay_middleware")
 
 
 async def _await(awaitable: Any) -> Any:
@@ -24,7 +27,19 @@ async def _await(awaitable: Any) -> Any:
 
 
 def run_flow(flow: Flow) -> Answer:
-    """Drive the flow with blocking calls (the WSGI request thread, or a worker thread under ASGI)."""
+    """Drive the flow with blocking calls (the WSGI request thread, or a worker thread under ASGI).
+
+    The flow answers every failure it knows of itself; anything that still escapes is a bug, which is
+    logged with its traceback and answered 500 (never a traceback on the wire).
+    """
+    try:
+        return _drive(flow)
+    except Exception:
+        log.exception("alipay notify internal error reason=internal_error status=500")
+        return INTERNAL_ERROR
+
+
+def _drive(flow: Flow) -> Answer:
     result: Any = None
     error: BaseException | None = None
     while True:

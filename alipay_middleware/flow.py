@@ -44,6 +44,8 @@ class Answer:
 
 
 SUCCESS = Answer(200, "ok", b"success")
+TOO_LARGE = Answer(413, "body_too_large")
+INTERNAL_ERROR = Answer(500, "internal_error")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def precheck(method: str, content_length: str | None, max_body: int) -> Answer |
         if not content_length.isdigit():
             return Answer(400, "bad_content_length")
         if int(content_length) > max_body:
-            return Answer(413, "body_too_large")
+            return TOO_LARGE
     return None
 
 
@@ -166,8 +168,11 @@ def _unavailable(event: PaymentEvent, exc: Exception) -> Answer:
     return Answer(503, "ledger_unavailable")
 
 
-def read_return(alipay: Alipay, query: bytes) -> ReturnResult | None:
-    """Verify a browser return (pure: no I/O). None when it does not verify or is not for us."""
+def read_return(alipay: Alipay, method: str, query: bytes) -> ReturnResult | None:
+    """Verify a browser return (pure: no I/O). None when it does not verify, is not for us, or is not
+    a GET (Alipay sends the browser back with GET; anything else is not Alipay's return)."""
+    if method not in ("GET", "HEAD"):
+        return None
     protocol = alipay.protocol
     try:
         fields, charset = protocol.parse(query, None)

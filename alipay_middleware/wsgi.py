@@ -11,7 +11,6 @@ Async hooks also work here: they run to completion on a private event loop via a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -22,9 +21,7 @@ from werkzeug.wsgi import get_host, get_input_stream
 
 from .core import Alipay
 from .drive import run_flow
-from .flow import Answer, precheck
-
-log = logging.getLogger("alipay_middleware")
+from .flow import TOO_LARGE, Answer, precheck
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -53,14 +50,10 @@ class AlipayWSGIMiddleware:
             return self._notify(environ, start_response)
         environ["alipay"] = self._helper(alipay, environ, wsgi_origin)
         if path == self._return_path:
-            environ["alipay.return"] = self._return(environ)
+            # PEP 3333 hands the query over as latin-1-decoded text: encoding it back restores the bytes.
+            query = environ.get("QUERY_STRING", "").encode("latin-1")
+            environ["alipay.return"] = alipay.read_return(environ.get("REQUEST_METHOD", ""), query)
         return self.app(environ, start_response)
-
-    def _return(self, environ: dict[str, Any]) -> Any:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return None
-        # PEP 3333 hands the query over as latin-1-decoded text: encoding it back restores the bytes.
-        return self.alipay.read_return(environ.get("QUERY_STRING", "").encode("latin-1"))
 
     def _notify(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         max_body = self.alipay.max_body
@@ -74,13 +67,9 @@ class AlipayWSGIMiddleware:
                 answer = Answer(400, "incomplete_body")
             else:
                 if len(body) > max_body:
-                    answer = Answer(413, "body_too_large")
+                    answer = TOO_LARGE
                 else:
-                    try:
-                        answer = run_flow(self.alipay.notify_flow(body, environ.get("CONTENT_TYPE")))
-                    except Exception:
-                        log.exception("alipay notify internal error reason=internal_error status=500")
-                        answer = Answer(500, "internal_error")
+                    answer = run_flow(self.alipay.notify_flow(body, environ.get("CONTENT_TYPE")))
         status = HTTPStatus(answer.status)
         headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
         start_response(f"{status.value} {status.phrase}", headers)

@@ -526,3 +526,15 @@ def test_a_blocked_sync_hook_does_not_block_the_event_loop(make_alipay, keys):
     finally:
         release.set()
         client.close()
+
+
+def test_an_internal_bug_is_logged_and_answered_500_without_a_traceback(shop, monkeypatch, caplog):
+    def broken(fields):
+        raise KeyError("a bug in the core")
+
+    monkeypatch.setattr(shop.alipay.protocol, "event", broken)
+    with caplog.at_level(logging.ERROR, logger="alipay_middleware"):
+        response = shop.post(signed_body(notify_fields("T1"), shop.keys.alipay))
+    assert_fail(response, 500)
+    assert any("reason=internal_error" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert shop.paid.calls == []
