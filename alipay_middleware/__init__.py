@@ -14,9 +14,10 @@ See the README for the hook contract, the answers the notify path gives and the 
 from typing import TYPE_CHECKING, Any
 
 from .core import Alipay
-from .errors import AlipayError, LedgerUnavailable, Rejection
+from .errors import AlipayError, GatewayUnavailable, LedgerUnavailable, Rejection
 from .events import PaymentEvent, ReturnResult
 from .ledger import Ledger, SQLiteLedger, StoredEvent
+from .legacy import LEGACY_GATEWAY, LegacyConfig
 from .openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
 
 if TYPE_CHECKING:
@@ -30,8 +31,11 @@ __all__ = [
     "AlipayASGIMiddleware",
     "AlipayError",
     "AlipayWSGIMiddleware",
+    "GatewayUnavailable",
+    "LEGACY_GATEWAY",
     "Ledger",
     "LedgerUnavailable",
+    "LegacyConfig",
     "OpenApiConfig",
     "PaymentEvent",
     "PRODUCTION_GATEWAY",

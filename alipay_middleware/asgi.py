@@ -4,7 +4,9 @@
     fastapi_app.add_middleware(AlipayASGIMiddleware, alipay=alipay)   # the Starlette way
 
 ``lifespan`` and ``websocket`` scopes pass straight through. HTTP requests get a copy of the scope with
-``scope["alipay"]`` (the pay helper); the return path also gets ``scope["alipay.return"]``.
+``scope["alipay"]`` (the pay helper); the return path also gets ``scope["alipay.return"]``, worked
+out in the thread pool like a notification (the legacy return makes a network call and may run
+``on_paid``).
 
 Nothing here blocks the event loop: a notification's parsing, verification, ledger calls and sync hooks
 run in the ``Alipay`` instance's own thread pool (``hook_threads`` workers, asgiref
@@ -21,7 +23,7 @@ from typing import Any
 
 from .core import Alipay
 from .drive import run_flow_in_thread
-from .flow import TOO_LARGE, precheck
+from .flow import INTERNAL_ERROR, TOO_LARGE, precheck
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -38,6 +40,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def asgi_client(scope: Scope) -> tuple[str | None, str | None]:
+    client = scope.get("client")
+    forwarded = [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"x-forwarded-for"]
+    return (client[0] if client else None), (", ".join(forwarded) if forwarded else None)
 
 
 def asgi_origin(scope: Scope) -> str:
@@ -73,9 +81,10 @@ class AlipayASGIMiddleware:
         if path == self._notify_path:
             return await self._notify(scope, receive, send)
         scope = dict(scope)
-        scope["alipay"] = self._helper(alipay, scope, asgi_origin)
+        scope["alipay"] = self._helper(alipay, scope, asgi_origin, asgi_client)
         if path == self._return_path:
-            scope["alipay.return"] = alipay.read_return(scope["method"], scope.get("query_string", b""))
+            flow = alipay.return_flow(scope["method"], scope.get("query_string", b""))
+            scope["alipay.return"] = await run_flow_in_thread(flow, None, alipay.executor)
         return await self.app(scope, receive, send)
 
     async def _notify(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,7 +99,7 @@ class AlipayASGIMiddleware:
                 answer = TOO_LARGE
             else:
                 flow = self.alipay.notify_flow(body, _header(scope, b"content-type"))
-                answer = await run_flow_in_thread(flow, self.alipay.executor)
+                answer = await run_flow_in_thread(flow, INTERNAL_ERROR, self.alipay.executor)
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})

@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
-from .flow import Flow, notify_flow, read_return
+from .flow import Flow, Steps, notify_flow, return_flow
 from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
     from .asgi import AlipayASGIMiddleware
+    from .legacy import LegacyConfig
     from .openapi import OpenApiConfig
     from .wsgi import AlipayWSGIMiddleware
 
@@ -33,11 +34,14 @@ class Alipay:
     ``lease_seconds``: how long a claimed event is protected from concurrent copies; after that an
     unfinished claim counts as abandoned (its worker died) and the next copy retakes it.
     ``hook_threads``: size of the pool that runs sync hooks and ledger calls on the ASGI front.
+    ``trusted_proxies``: how many proxies in front of the app append to ``X-Forwarded-For``; the
+    customer's address (the legacy ``exter_invoke_ip``) is read that many hops from the right. 0 (the
+    default) ignores the header, which anyone can write.
     """
 
     def __init__(
         self,
-        config: OpenApiConfig,
+        config: OpenApiConfig | LegacyConfig,
         *,
         notify_path: str = "/alipay/notify",
         return_path: str = "/alipay/return",
@@ -45,10 +49,11 @@ class Alipay:
         max_body: int = 64 * 1024,
         lease_seconds: float = 600.0,
         hook_threads: int = 8,
+        trusted_proxies: int = 0,
     ) -> None:
         protocol_factory = getattr(config, "protocol", None)
         if protocol_factory is None:
-            raise TypeError(f"config must be an OpenApiConfig, not {type(config).__name__}")
+            raise TypeError(f"config must be an OpenApiConfig or a LegacyConfig, not {type(config).__name__}")
         for name, path in (("notify_path", notify_path), ("return_path", return_path)):
             if not isinstance(path, str) or not _PATH.fullmatch(path):
                 raise ValueError(f"{name} must be a URL path starting with '/', got {path!r}")
@@ -60,6 +65,8 @@ class Alipay:
             raise ValueError(f"lease_seconds must be between 1 and 86400, got {lease_seconds!r}")
         if not 1 <= hook_threads <= 256:
             raise ValueError(f"hook_threads must be between 1 and 256, got {hook_threads!r}")
+        if isinstance(trusted_proxies, bool) or not isinstance(trusted_proxies, int) or not 0 <= trusted_proxies <= 16:
+            raise ValueError(f"trusted_proxies must be the number of proxy hops (0-16), got {trusted_proxies!r}")
         self.config = config
         self.protocol = protocol_factory()
         self.notify_path = notify_path
@@ -67,12 +74,17 @@ class Alipay:
         self.max_body = max_body
         self.lease_seconds = float(lease_seconds)
         self.hook_threads = hook_threads
+        self.trusted_proxies = trusted_proxies
         self.ledger = open_ledger(ledger)
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.order_amount_fn: Callable[..., Any] | None = None
         self._started = False
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        if getattr(config, "verify_notify_id", True) is False:
+            log.warning("alipay: verify_notify_id=False: callbacks are NOT origin-checked with Alipay "
+                        "(notify_verify); a leaked key or a replayed message would be accepted. "
+                        "Use this only against a local simulator")
 
     def __repr__(self) -> str:
         return f"<Alipay {type(self.protocol).__name__} {self.protocol.account} notify={self.notify_path}>"
@@ -88,7 +100,8 @@ class Alipay:
         return fn
 
     def on_paid(self, fn: F) -> F:
-        """Called once per trade on its first TRADE_SUCCESS or TRADE_FINISHED notification."""
+        """Called once per trade on its first TRADE_SUCCESS or TRADE_FINISHED notification (or, for
+        the legacy service, on a paid return if that comes first)."""
         return self._register(PAID, fn)
 
     def on_closed(self, fn: F) -> F:
@@ -96,7 +109,7 @@ class Alipay:
         return self._register(CLOSED, fn)
 
     def on_refunded(self, fn: F) -> F:
-        """Called once per refund request (``out_biz_no``)."""
+        """Called once per refund (``out_biz_no``; legacy: trade and ``gmt_refund``)."""
         return self._register(REFUNDED, fn)
 
     def _register(self, kind: str, fn: F) -> F:
@@ -122,7 +135,8 @@ class Alipay:
     def helper(self, base_url: str) -> Any:
         """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``.
 
-        The same object as ``environ["alipay"]`` (for this protocol: page/wap pay URLs and forms)."""
+        The same object as ``environ["alipay"]`` (pay URLs and forms for this protocol); there is no
+        customer here, so the legacy ``exter_invoke_ip`` is left out unless passed."""
         return self.protocol.helper_class(self, base_url.rstrip("/"), str)
 
     # -- used by the fronts ------------------------------------------------------------------------
@@ -130,8 +144,8 @@ class Alipay:
     def notify_flow(self, raw: bytes, content_type: str | None) -> Flow:
         return notify_flow(self, raw, content_type)
 
-    def read_return(self, method: str, query: bytes) -> ReturnResult | None:
-        return read_return(self, method, query)
+    def return_flow(self, method: str, query: bytes) -> Steps[ReturnResult | None]:
+        return return_flow(self, method, query)
 
     def lease_owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"

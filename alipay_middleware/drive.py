@@ -1,6 +1,6 @@
-"""The one driver of the core's notify flow, shared by both fronts.
+"""The one driver of the core's flows (notify and return), shared by both fronts.
 
-The flow (``flow.py``) yields each blocking or user-supplied step; this runs them in order in the
+A flow (``flow.py``) yields each blocking or user-supplied step; this runs them in order in the
 calling thread. Coroutine functions (async hooks, an async ``order_amount``) go through asgiref's
 ``async_to_sync``: under WSGI that runs them to completion on a private loop; under ASGI, where the
 whole flow runs in a worker thread via ``sync_to_async``, asgiref hands them back to the server's event
@@ -13,11 +13,13 @@ from __future__ import annotations
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 
-from .flow import INTERNAL_ERROR, Answer, Flow
+from .flow import Steps
+
+T = TypeVar("T")
 
 log = logging.getLogger("alipay_middleware")
 
@@ -26,28 +28,29 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def run_flow(flow: Flow) -> Answer:
+def run_flow(flow: Steps[T], fallback: T) -> T:
     """Drive the flow with blocking calls (the WSGI request thread, or a worker thread under ASGI).
 
     The flow answers every failure it knows of itself; anything that still escapes is a bug, which is
-    logged with its traceback and answered 500 (never a traceback on the wire).
+    logged with its traceback and answered with ``fallback`` (a 500 for the notify; never a traceback
+    on the wire).
     """
     try:
         return _drive(flow)
     except Exception:
-        log.exception("alipay notify internal error reason=internal_error status=500")
-        return INTERNAL_ERROR
+        log.exception("alipay internal error reason=internal_error")
+        return fallback
 
 
-def _drive(flow: Flow) -> Answer:
+def _drive(flow: Steps[T]) -> T:
     result: Any = None
     error: BaseException | None = None
     while True:
         try:
             call = flow.throw(error) if error is not None else flow.send(result)
         except StopIteration as stop:
-            answer: Answer = stop.value
-            return answer
+            outcome: T = stop.value
+            return outcome
         result, error = None, None
         try:
             result = call.fn(*call.args)
@@ -57,7 +60,7 @@ def _drive(flow: Flow) -> Answer:
             error = exc
 
 
-async def run_flow_in_thread(flow: Flow, executor: ThreadPoolExecutor) -> Answer:
+async def run_flow_in_thread(flow: Steps[T], fallback: T, executor: ThreadPoolExecutor) -> T:
     """Drive the flow from an event loop: one hop to ``executor``, never blocking the loop."""
-    answer: Answer = await sync_to_async(run_flow, thread_sensitive=False, executor=executor)(flow)
-    return answer
+    outcome: T = await sync_to_async(run_flow, thread_sensitive=False, executor=executor)(flow, fallback)
+    return outcome

@@ -27,3 +27,10 @@ class LedgerUnavailable(AlipayError):
 
     The notify path answers 503 so that Alipay resends later; nothing is acknowledged.
     """
+
+
+class GatewayUnavailable(AlipayError):
+    """Alipay's gateway could not be asked (network error, timeout, an HTTP error status).
+
+    On the notify path this answers 503 so that Alipay resends; nothing is acknowledged.
+    """

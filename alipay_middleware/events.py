@@ -44,8 +44,10 @@ class PaymentEvent:
 class ReturnResult:
     """A verified browser return, found in ``environ["alipay.return"]`` / ``scope["alipay.return"]``.
 
-    It proves the customer came back from Alipay's page for this order; it does not prove payment
-    (the Open Platform return carries no trade status). Paid-ness comes from the notify.
+    It proves the customer came back from Alipay's page for this order. ``paid`` says what the return
+    itself proves: ``None`` for the Open Platform, whose return carries no trade status (paid-ness comes
+    from the notify); ``True``/``False`` for the legacy service, whose origin-checked return does carry
+    one (and a paid one has already been handed to ``on_paid``, see the README's hook contract).
     """
 
     out_trade_no: str
@@ -55,3 +57,5 @@ class ReturnResult:
     seller_id: str
     timestamp: datetime | None
     raw: dict[str, str] = field(repr=False)
+    trade_status: str = ""
+    paid: bool | None = None

@@ -6,9 +6,14 @@ driver performs the call and sends the result back (or throws the exception in).
 it synchronously, the ASGI front with ``await`` and a thread pool; the order of the steps and every
 answer live only here.
 
-Order: parse and verify (cheap rejections, no writes) -> recipient check (recorded) -> claim in the
+Order: parse and verify (cheap rejections, no writes) -> origin check where the protocol has one
+(the legacy ``notify_verify`` call; unreachable -> 503) -> recipient check (recorded) -> claim in the
 ledger (recorded before anything else happens; done -> ``success``, leased -> 503) -> order and
 amount check -> hook -> mark done -> ``success``.
+
+``return_flow`` verifies the browser's return the same way and, when the return itself proves a
+payment (the legacy service), hands it to the very same claim-check-hook steps: whichever of return
+and notify comes first runs ``on_paid``, the other finds it done (or busy) in the ledger.
 """
 
 from __future__ import annotations
@@ -16,14 +21,14 @@ from __future__ import annotations
 import logging
 import math
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import LedgerUnavailable, Rejection
-from .events import CLOSED, PaymentEvent, ReturnResult
+from .errors import GatewayUnavailable, LedgerUnavailable, Rejection
+from .events import CLOSED, PAID, PaymentEvent, ReturnResult
 from .ledger.base import ALREADY_DONE, BUSY
+from .outbound import http_get
 
 if TYPE_CHECKING:
     from .core import Alipay
@@ -56,7 +61,9 @@ class Call:
     args: tuple[Any, ...]
 
 
-Flow = Generator[Call, Any, Answer]
+T = TypeVar("T")
+Steps = Generator[Call, Any, T]
+Flow = Steps[Answer]
 
 
 def precheck(method: str, content_length: str | None, max_body: int) -> Answer | None:
@@ -78,8 +85,12 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         fields, charset = protocol.parse(raw, content_type)
         protocol.verify_notify(fields, charset)
         event = protocol.event(fields)
+        yield from _check_origin(alipay, fields, on_return=False)
     except Rejection as rejection:
-        log.info("alipay notify rejected reason=%s status=%d", rejection.reason, rejection.status)
+        # A signed message that Alipay disowns, or an origin check that cannot be made, is worth a look.
+        level = logging.WARNING if rejection.reason.startswith("origin") else logging.INFO
+        log.log(level, "alipay notify rejected reason=%s status=%d%s", rejection.reason, rejection.status,
+                f" detail={rejection.detail}" if rejection.detail else "")
         return Answer(rejection.status, rejection.reason)
 
     problem = protocol.recipient_problem(fields)
@@ -89,19 +100,39 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         try:
             yield Call(ledger.record_foreign, (event, raw, charset, problem))
         except LedgerUnavailable as exc:
-            return _unavailable(event, exc)
+            return _unavailable("notify", event, exc)
         return Answer(400, problem)
+    answer = yield from _process(alipay, event, raw, charset, "notify")
+    return answer
 
+
+def _check_origin(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool) -> Steps[None]:
+    """The protocol's origin check, if it has one: ask Alipay whether it sent this message."""
+    protocol = alipay.protocol
+    url = protocol.origin_url(fields, on_return=on_return)
+    if url is None:
+        return
+    try:
+        answer = yield Call(http_get, (url, protocol.origin_timeout))
+    except GatewayUnavailable as exc:
+        raise Rejection("origin_unreachable", 503, str(exc)) from None
+    protocol.check_origin(answer)
+
+
+def _process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, source: str) -> Flow:
+    """Claim -> order and amount check -> hook -> done: the steps every accepted event goes through."""
+    protocol = alipay.protocol
+    ledger = alipay.ledger
     owner = alipay.lease_owner()
     try:
         claim = yield Call(ledger.claim, (event, raw, charset, owner, alipay.lease_seconds))
     except LedgerUnavailable as exc:
-        return _unavailable(event, exc)
+        return _unavailable(source, event, exc)
     if claim.state == ALREADY_DONE:
-        log.info("alipay notify duplicate reason=already_done key=%s", event.key)
+        log.info("alipay %s duplicate reason=already_done key=%s", source, event.key)
         return SUCCESS
     if claim.state == BUSY:
-        log.info("alipay notify busy reason=in_progress key=%s", event.key)
+        log.info("alipay %s busy reason=in_progress key=%s", source, event.key)
         retry_after = str(max(1, math.ceil(claim.retry_after)))
         return Answer(503, "in_progress", headers=_TEXT + (("Retry-After", retry_after),))
     event = replace(event, attempt=claim.attempt)
@@ -112,10 +143,10 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         if alipay.order_amount_fn is not None and event.out_trade_no:
             step = "order_amount"
             expected = yield Call(alipay.order_amount_fn, (event.out_trade_no,))
-            problem = _amount_problem(expected, event)
+            problem = protocol.amount_problem(expected, event)
             if problem is not None:
-                log.warning("alipay notify rejected reason=%s status=409 out_trade_no=%s expected=%s got=%s",
-                            problem, event.out_trade_no, expected, event.total_amount)
+                log.warning("alipay %s rejected reason=%s status=409 out_trade_no=%s expected=%s got=%s",
+                            source, problem, event.out_trade_no, expected, event.total_amount)
                 yield Call(ledger.reject, (event.key, owner, problem))
                 return Answer(409, problem)
         note = None
@@ -133,44 +164,38 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         yield Call(ledger.finish, (event.key, note))
     except LedgerUnavailable as exc:
         yield from _release(ledger, event, owner, "ledger unavailable")
-        return _unavailable(event, exc)
+        return _unavailable(source, event, exc)
     except Exception as exc:
         reason = f"{step}_failed"
-        log.error("alipay notify failed reason=%s status=500 key=%s attempt=%d error=%s",
-                  reason, event.key, event.attempt, type(exc).__name__, exc_info=True)
+        log.error("alipay %s failed reason=%s status=500 key=%s attempt=%d error=%s",
+                  source, reason, event.key, event.attempt, type(exc).__name__, exc_info=True)
         yield from _release(ledger, event, owner, traceback.format_exc())
         return Answer(500, reason)
-    log.info("alipay notify processed kind=%s key=%s attempt=%d", event.kind, event.key, event.attempt)
+    log.info("alipay %s processed kind=%s key=%s attempt=%d", source, event.kind, event.key, event.attempt)
     return SUCCESS
 
 
-def _amount_problem(expected: object, event: PaymentEvent) -> str | None:
-    if expected is None:
-        return "unknown_order"
-    if isinstance(expected, (float, bool)) or not isinstance(expected, (Decimal, int)):
-        raise TypeError(f"order_amount must return a Decimal or None, not {type(expected).__name__}")
-    if event.total_amount is None:
-        return "amount_missing"
-    if Decimal(expected) != event.total_amount:
-        return "amount_mismatch"
-    return None
-
-
-def _release(ledger: Any, event: PaymentEvent, owner: str, error: str) -> Generator[Call, Any, None]:
+def _release(ledger: Any, event: PaymentEvent, owner: str, error: str) -> Steps[None]:
     try:
         yield Call(ledger.fail, (event.key, owner, error))
     except LedgerUnavailable:
         pass  # the lease runs out by itself and a resend retakes it
 
 
-def _unavailable(event: PaymentEvent, exc: Exception) -> Answer:
-    log.error("alipay notify deferred reason=ledger_unavailable status=503 key=%s error=%s", event.key, exc)
+def _unavailable(source: str, event: PaymentEvent, exc: Exception) -> Answer:
+    log.error("alipay %s deferred reason=ledger_unavailable status=503 key=%s error=%s", source, event.key, exc)
     return Answer(503, "ledger_unavailable")
 
 
-def read_return(alipay: Alipay, method: str, query: bytes) -> ReturnResult | None:
-    """Verify a browser return (pure: no I/O). None when it does not verify, is not for us, or is not
-    a GET (Alipay sends the browser back with GET; anything else is not Alipay's return)."""
+def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult | None]:
+    """Verify a browser return; None when it does not verify, is not for us, or is not a GET (Alipay
+    sends the browser back with GET; anything else is not Alipay's return).
+
+    A return that proves a payment by itself (legacy: origin-checked, ``TRADE_SUCCESS``/``FINISHED``)
+    goes through the notify's claim-check-hook steps before the shop's page sees it. Their outcome
+    does not change what the page gets: a hook that fails or is busy elsewhere is retried by the
+    notify, which Alipay keeps sending until it gets ``success``.
+    """
     if method not in ("GET", "HEAD"):
         return None
     protocol = alipay.protocol
@@ -180,8 +205,13 @@ def read_return(alipay: Alipay, method: str, query: bytes) -> ReturnResult | Non
         problem = protocol.recipient_problem(fields)
         if problem is not None:
             raise Rejection(problem)
+        yield from _check_origin(alipay, fields, on_return=True)
         result: ReturnResult = protocol.return_result(fields)
-        return result
+        event = protocol.return_event(fields)
     except Rejection as rejection:
-        log.info("alipay return not verified reason=%s", rejection.reason)
+        log.info("alipay return not verified reason=%s%s", rejection.reason,
+                 f" detail={rejection.detail}" if rejection.detail else "")
         return None
+    if event is not None and event.kind == PAID:
+        yield from _process(alipay, event, query, charset, "return")
+    return result

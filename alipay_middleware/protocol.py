@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from .errors import Rejection
@@ -69,6 +70,39 @@ class Protocol(ABC):
     @abstractmethod
     def return_result(self, fields: Mapping[str, str]) -> ReturnResult:
         """Read a verified browser return."""
+
+    def return_event(self, fields: Mapping[str, str]) -> PaymentEvent | None:
+        """The payment a verified return proves by itself, if its protocol's returns can prove one.
+
+        None here: an Open Platform return carries no trade status. The legacy return does.
+        """
+        return None
+
+    def origin_url(self, fields: Mapping[str, str], *, on_return: bool) -> str | None:
+        """The URL whose answer proves a verified message really came from Alipay just now, or None
+        when the protocol has no such check (the Open Platform's RSA signature is the proof).
+
+        Raises :class:`Rejection` when the message lacks what the check needs.
+        """
+        return None
+
+    #: Seconds to wait for the origin check's answer before answering 503 (Alipay resends).
+    origin_timeout: float = 10.0
+
+    def check_origin(self, answer: bytes) -> None:  # noqa: B027 - nothing to check without an origin URL
+        """Raise :class:`Rejection` unless ``answer`` (the body behind :meth:`origin_url`) accepts."""
+
+    def amount_problem(self, expected: object, event: PaymentEvent) -> str | None:
+        """A reason code when the event's amount does not match ``order_amount``'s answer."""
+        if expected is None:
+            return "unknown_order"
+        if isinstance(expected, (float, bool)) or not isinstance(expected, (Decimal, int)):
+            raise TypeError(f"order_amount must return a Decimal or None, not {type(expected).__name__}")
+        if event.total_amount is None:
+            return "amount_missing"
+        if Decimal(expected) != event.total_amount:
+            return "amount_mismatch"
+        return None
 
     def key(self, kind: str, *parts: str) -> str:
         """A dedupe key, namespaced by the merchant: ``paid:<app_id>:<out_trade_no>`` and the like."""

@@ -2,13 +2,15 @@
 
 Both Alipay protocols sign the same kind of string: every parameter except a few, empty values dropped,
 sorted by key, raw ``k=v`` pairs joined with ``&`` (never URL-encoded). They differ only in which keys are
-left out and in the scheme (RSA2/RSA here; the legacy service adds MD5 behind the same interfaces).
+left out and in the scheme: RSA2/RSA (both protocols) or MD5 with a shared key (legacy service only).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -77,3 +79,29 @@ class RsaVerifier:
 
     def __repr__(self) -> str:
         return f"RsaVerifier({self.sign_type})"
+
+
+class Md5Signer:
+    """The legacy service's MD5 "signature": lowercase hex of md5(message + key), no separator.
+
+    Both directions share the one secret key, so the same object signs and verifies; the comparison
+    runs in constant time and accepts only the lowercase hex Alipay sends.
+    """
+
+    sign_type = "MD5"
+
+    def __init__(self, key: str) -> None:
+        self._key = key.encode("ascii")
+
+    def sign(self, message: bytes) -> str:
+        return hashlib.md5(message + self._key).hexdigest()
+
+    def verify(self, message: bytes, signature: str) -> bool:
+        try:
+            given = signature.encode("ascii")
+        except UnicodeEncodeError:
+            return False
+        return hmac.compare_digest(self.sign(message).encode("ascii"), given)
+
+    def __repr__(self) -> str:  # never show the key
+        return "Md5Signer()"

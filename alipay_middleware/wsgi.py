@@ -3,8 +3,9 @@
     flask_app.wsgi_app = alipay.wsgi(flask_app.wsgi_app)
 
 Requests for other paths get ``environ["alipay"]`` (the pay helper) and go straight to the wrapped app,
-whose iterable is returned untouched. The notify path is answered here. The return path is verified and
-then passed on, with the result (or None) in ``environ["alipay.return"]``.
+whose iterable is returned untouched. The notify path is answered here. The return path is verified
+(for the legacy service also origin-checked, and a paid return handed to ``on_paid``) and then passed
+on, with the result (or None) in ``environ["alipay.return"]``.
 
 Async hooks also work here: they run to completion on a private event loop via asgiref (``drive.py``).
 """
@@ -21,7 +22,7 @@ from werkzeug.wsgi import get_host, get_input_stream
 
 from .core import Alipay
 from .drive import run_flow
-from .flow import TOO_LARGE, Answer, precheck
+from .flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -29,6 +30,10 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 def wsgi_origin(environ: dict[str, Any]) -> str:
     return f"{environ.get('wsgi.url_scheme', 'http')}://{get_host(environ)}{quote(environ.get('SCRIPT_NAME', ''))}"
+
+
+def wsgi_client(environ: dict[str, Any]) -> tuple[str | None, str | None]:
+    return environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR")
 
 
 class AlipayWSGIMiddleware:
@@ -48,11 +53,11 @@ class AlipayWSGIMiddleware:
         path = environ.get("PATH_INFO", "")
         if path == self._notify_path:
             return self._notify(environ, start_response)
-        environ["alipay"] = self._helper(alipay, environ, wsgi_origin)
+        environ["alipay"] = self._helper(alipay, environ, wsgi_origin, wsgi_client)
         if path == self._return_path:
             # PEP 3333 hands the query over as latin-1-decoded text: encoding it back restores the bytes.
             query = environ.get("QUERY_STRING", "").encode("latin-1")
-            environ["alipay.return"] = alipay.read_return(environ.get("REQUEST_METHOD", ""), query)
+            environ["alipay.return"] = run_flow(alipay.return_flow(environ.get("REQUEST_METHOD", ""), query), None)
         return self.app(environ, start_response)
 
     def _notify(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -69,7 +74,7 @@ class AlipayWSGIMiddleware:
                 if len(body) > max_body:
                     answer = TOO_LARGE
                 else:
-                    answer = run_flow(self.alipay.notify_flow(body, environ.get("CONTENT_TYPE")))
+                    answer = run_flow(self.alipay.notify_flow(body, environ.get("CONTENT_TYPE")), INTERNAL_ERROR)
         status = HTTPStatus(answer.status)
         headers = [*answer.headers, ("Content-Length", str(len(answer.body)))]
         start_response(f"{status.value} {status.phrase}", headers)
