@@ -29,6 +29,7 @@ def http_get(url: str, timeout: float, limit: int = 4096) -> bytes:
                 raise GatewayUnavailable(f"gateway answered HTTP {response.status}")
             body: bytes = response.read(limit + 1)
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the open response
         raise GatewayUnavailable(f"gateway answered HTTP {exc.code}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:  # timeouts are OSError too
         reason = getattr(exc, "reason", None) or exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -265,6 +266,160 @@ def make_alipay(keys: Keys, tmp_path: Path) -> Iterator[Callable[..., Alipay]]:
         config_overrides = kwargs.pop("config", {})
         alipay = Alipay(make_config(keys, **config_overrides),
                         ledger=ledger or f"sqlite:///{tmp_path / f'ledger{len(made)}.sqlite3'}", **kwargs)
+        if orders is not None:
+            table = {k: Decimal(v) for k, v in orders.items()}
+            alipay.order_amount(table.get)
+        made.append(alipay)
+        return alipay
+
+    yield _make
+    for alipay in made:
+        alipay.close()
+
+
+# -- the legacy service ----------------------------------------------------------------------------------
+
+PARTNER = "2088000000000002"
+MD5_KEY = "k3xq9z0m1n2b3v4c5x6z7l8k9j0h1g2f"
+
+
+def md5_sign(fields: Mapping[str, str], key: str = MD5_KEY, charset: str = "utf-8") -> str:
+    return hashlib.md5(sign_string(fields, ("sign", "sign_type")).encode(charset) + key.encode()).hexdigest()
+
+
+def legacy_rsa_sign(fields: Mapping[str, str], key: RSA.RsaKey, charset: str = "utf-8") -> str:
+    digest = SHA1.new(sign_string(fields, ("sign", "sign_type")).encode(charset))
+    return base64.b64encode(pkcs1_15.new(key).sign(digest)).decode()
+
+
+def legacy_fields(out_trade_no: str = "L1", total_fee: str = "9.90", trade_status: str = "TRADE_SUCCESS",
+                  **overrides: str | None) -> dict[str, str]:
+    """A create_direct_pay_by_user notification's fields (unsigned), with a fresh hex notify_id."""
+    n = next(_trade_numbers)
+    fields: dict[str, str | None] = {
+        "notify_time": "2024-01-01 12:00:07",
+        "notify_type": "trade_status_sync",
+        "notify_id": f"6a40ac71fcf17d99b5274b0c6c{n:010x}",
+        "sign_type": "MD5",
+        "out_trade_no": out_trade_no,
+        "subject": "Tea",
+        "payment_type": "1",
+        "trade_no": f"2024010121001004{n:012d}",
+        "trade_status": trade_status,
+        "gmt_create": "2024-01-01 12:00:05",
+        "gmt_payment": "2024-01-01 12:00:06",
+        "seller_email": "shop@example.com",
+        "seller_id": PARTNER,
+        "buyer_email": "buyer@example.com",
+        "buyer_id": "2088102000000009",
+        "price": total_fee,
+        "total_fee": total_fee,
+        "quantity": "1",
+        "discount": "0.00",
+        "is_total_fee_adjust": "N",
+        "use_coupon": "N",
+    }
+    fields.update(overrides)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def legacy_body(fields: Mapping[str, str], *, key: str | RSA.RsaKey = MD5_KEY, charset: str = "utf-8") -> bytes:
+    """Sign (MD5 with a str key, RSA with an RSA key) and form-encode in ``charset``."""
+    signed = dict(fields)
+    if isinstance(key, str):
+        signed["sign"] = md5_sign(fields, key, charset)
+    else:
+        signed["sign_type"] = "RSA"
+        signed["sign"] = legacy_rsa_sign(signed, key, charset)
+    return encode_form(signed, charset)
+
+
+class GatewayStub:
+    """A loopback stand-in for the legacy gateway's ``notify_verify``.
+
+    Like Alipay, it answers ``true`` only for ids it issued (``issue``), ``false`` otherwise; ``set``
+    makes one id answer something else: ``"invalid"``, ``"garbage"``, ``"http500"`` or ``"hang"``
+    (no answer until the test ends). ``requests`` holds every raw request target, as sent.
+    """
+
+    def __init__(self, partner: str = PARTNER) -> None:
+        import http.server
+
+        stub = self
+        self.partner = partner
+        self.issued: set[str] = set()
+        self.modes: dict[str, str] = {}
+        self.requests: list[str] = []
+        self.released = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                from urllib.parse import parse_qs, urlsplit
+
+                stub.requests.append(self.path)
+                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+                notify_id = query.get("notify_id", [""])[0]
+                ok = query.get("service") == ["notify_verify"] and query.get("partner") == [stub.partner]
+                mode = stub.modes.get(notify_id, "true" if ok and notify_id in stub.issued else "false")
+                if mode == "hang":
+                    stub.released.wait(30)
+                    return
+                if mode == "http500":
+                    self.send_error(500)
+                    return
+                body = b"<html>busy</html>" if mode == "garbage" else mode.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            request_queue_size = 64  # a storm of origin checks must not wait on SYN retries
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gateway.do"
+
+    def issue(self, notify_id: str) -> str:
+        self.issued.add(notify_id)
+        return notify_id
+
+    def set(self, notify_id: str, mode: str) -> None:
+        self.modes[notify_id] = mode
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway_stub() -> Iterator[GatewayStub]:
+    stub = GatewayStub()
+    yield stub
+    stub.close()
+
+
+@pytest.fixture
+def make_legacy(gateway_stub: GatewayStub, tmp_path: Path) -> Iterator[Callable[..., Alipay]]:
+    """``make_legacy(orders={...}, **config)``: an Alipay on a LegacyConfig whose gateway is the stub."""
+    from alipay_middleware import LegacyConfig
+
+    made: list[Alipay] = []
+
+    def _make(orders: Mapping[str, str] | None = None, alipay_kwargs: Mapping[str, Any] | None = None,
+              **config: Any) -> Alipay:
+        settings: dict[str, Any] = {"partner": PARTNER, "key": MD5_KEY, "gateway": gateway_stub.url,
+                                    "verify_timeout": 1.0}
+        settings.update(config)
+        alipay = Alipay(LegacyConfig(**settings),
+                        ledger=f"sqlite:///{tmp_path / f'legacy{len(made)}.sqlite3'}", **(alipay_kwargs or {}))
         if orders is not None:
             table = {k: Decimal(v) for k, v in orders.items()}
             alipay.order_amount(table.get)
