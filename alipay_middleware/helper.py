@@ -48,9 +48,17 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies:
     if not candidate:
         return None
     try:
-        return str(ipaddress.ip_address(candidate))
+        return normalize_ip(candidate)
     except ValueError:
         return None
+
+
+def normalize_ip(text: str) -> str:
+    """An IP address in its canonical form; a dual-stack server's ``::ffff:1.2.3.4`` is ``1.2.3.4``."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def no_client(request: object) -> tuple[str | None, str | None]:

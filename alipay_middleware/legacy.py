@@ -16,7 +16,6 @@ Facts this module relies on (see the project's protocol reference):
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from .errors import Rejection
 from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
-from .helper import RequestHelper, check_callback_url, render_form
+from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .keys import load_private_key, load_public_key, same_key
 from .openapi import check_gateway
 from .protocol import Protocol, verify_signed_fields
@@ -96,13 +95,18 @@ class LegacyConfig:
         self._check_keys()
         if self.seller_id is None and self.seller_email is None:
             object.__setattr__(self, "seller_id", self.partner)
-        if self.seller_id is not None and not _PARTNER.fullmatch(self.seller_id):
-            raise ValueError(f"seller_id must be a 16-digit 2088... id, got {self.seller_id!r}")
-        if self.seller_email is not None and (not self.seller_email or self.seller_email != self.seller_email.strip()):
-            raise ValueError("seller_email must be the seller's Alipay account, without surrounding spaces")
+        if self.seller_id is not None and not (isinstance(self.seller_id, str) and _PARTNER.fullmatch(self.seller_id)):
+            raise ValueError(f"seller_id must be a 16-digit 2088... id as a str, got {self.seller_id!r}")
+        if self.seller_email is not None and (
+            not isinstance(self.seller_email, str) or not self.seller_email
+            or self.seller_email != self.seller_email.strip()
+        ):
+            raise ValueError("seller_email must be the seller's Alipay account as a str, without surrounding spaces")
         check_gateway(self.gateway)
         if not isinstance(self.verify_notify_id, bool):
             raise TypeError("verify_notify_id must be True or False")
+        if not isinstance(self.input_charset, str):
+            raise TypeError(f"input_charset must be 'utf-8' or 'gbk', not {type(self.input_charset).__name__}")
         try:
             object.__setattr__(self, "input_charset", normalize_charset(self.input_charset))
         except Rejection:
@@ -113,7 +117,8 @@ class LegacyConfig:
                 check_callback_url(url, name)
         if self.coupon_policy not in COUPON_POLICIES:
             raise ValueError(f"coupon_policy must be one of {COUPON_POLICIES}, got {self.coupon_policy!r}")
-        if isinstance(self.verify_timeout, bool) or not 0 < self.verify_timeout <= 60:
+        if isinstance(self.verify_timeout, bool) or not isinstance(self.verify_timeout, (int, float)) \
+                or not 0 < self.verify_timeout <= 60:
             raise ValueError(f"verify_timeout must be between 0 and 60 seconds, got {self.verify_timeout!r}")
 
     def _check_keys(self) -> None:
@@ -356,11 +361,14 @@ class LegacyHelper(RequestHelper):
             raise ValueError("the wap service requires seller_id: set LegacyConfig(seller_id=...)")
         else:
             params["seller_email"] = cast(str, config.seller_email)
-        if not wap:
+        if wap:
+            if client_ip is not _AUTO and client_ip is not None:
+                raise ValueError("exter_invoke_ip is not a parameter of the wap service")
+        else:
             if client_ip is _AUTO:
                 client_ip = self.client_address()
             elif client_ip is not None:
-                client_ip = str(ipaddress.ip_address(client_ip))
+                client_ip = normalize_ip(client_ip)
             if client_ip:
                 params["exter_invoke_ip"] = client_ip
         for name, value in extra.items():
@@ -375,6 +383,12 @@ class LegacyHelper(RequestHelper):
                 value = format_amount(value, name)
             if value is not None:
                 params[name] = str(value)
+        for name, value in params.items():
+            try:
+                value.encode(charset)
+            except UnicodeEncodeError:
+                raise ValueError(f"{name} holds characters that {charset} cannot encode; "
+                                 "remove them or use input_charset='utf-8'") from None
         return protocol, protocol.signed_params(service, params, charset), charset
 
     def direct_pay_url(self, *, out_trade_no: str, total_fee: Decimal | str, subject: str, **extra: Any) -> str:

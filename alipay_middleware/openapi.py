@@ -42,6 +42,8 @@ _OUT_TRADE_NO = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def check_gateway(url: str) -> str:
+    if not isinstance(url, str):
+        raise TypeError(f"gateway must be a URL string, not {type(url).__name__}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"gateway must be an absolute http(s) URL, got {url[:80]!r}")

@@ -48,6 +48,8 @@ def sniff_charset(raw: bytes, fallback: str | None) -> str:
     """The ``charset`` field (ASCII, readable before decoding), else ``fallback``, else utf-8."""
     match = _CHARSET_FIELD.search(raw)
     if match and match.group(1):
+        if _BAD_ESCAPE.search(match.group(1)):
+            raise Rejection("malformed_body", 400, "bad percent escape")
         try:
             declared = unescape(match.group(1)).decode("ascii")
         except UnicodeDecodeError:

@@ -146,3 +146,11 @@ def test_amount_patterns_match_whole_strings_only(text):
 def test_field_name_with_trailing_newline_is_refused(alipay):
     with pytest.raises(Rejection):
         alipay.protocol.parse(b"a=1&sign%0A=x", None)
+
+
+@pytest.mark.parametrize("charset_field", [b"%tf-8", b"utf-8%", b"%2", b"%zz"])
+def test_bad_escape_in_the_charset_field_is_a_rejection(alipay, charset_field):
+    # Found by the mutation test above: the charset field is read before the body's escapes are checked.
+    with pytest.raises(Rejection) as caught:
+        alipay.protocol.parse(b"a=1&charset=" + charset_field + b"&b=2", None)
+    assert caught.value.reason == "malformed_body"

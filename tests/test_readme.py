@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import notify_fields, signed_body
+from conftest import MD5_KEY, PARTNER, legacy_body, legacy_fields, notify_fields, signed_body
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 SNIPPETS = dict(re.findall(r"## (Flask|FastAPI) in 20 lines\n\n```python\n(.*?)```", README, re.S))
+SNIPPETS["Legacy"] = re.findall(r"## The legacy service\n\n.*?```python\n(.*?)```", README, re.S)[0]
 
 
 @pytest.fixture
@@ -61,3 +62,25 @@ def test_fastapi_snippet_takes_a_payment(readme_env, keys, capsys):
     assert (notify.status_code, notify.content) == (200, b"success")
     assert "paid A1 9.90" in capsys.readouterr().out
     ns["alipay"].close()
+
+
+def test_legacy_snippet_takes_a_payment(monkeypatch, tmp_path, gateway_stub, capsys):
+    monkeypatch.setenv("ALIPAY_PARTNER", PARTNER)
+    monkeypatch.setenv("ALIPAY_MD5_KEY", MD5_KEY)
+    monkeypatch.chdir(tmp_path)
+    ns = run_snippet("Legacy")
+    client = ns["app"].test_client()
+    response = client.post("/buy/A1")
+    assert response.status_code == 302 and response.location.startswith("https://mapi.alipay.com/gateway.do?")
+    assert "service=create_direct_pay_by_user" in response.location
+    # Point the origin check at the loopback stub instead of mapi.alipay.com (tests never leave the
+    # machine); the snippet itself stays as a user would write it.
+    alipay = ns["alipay"]
+    object.__setattr__(alipay.protocol.config, "gateway", gateway_stub.url)
+    fields = legacy_fields("A1", "9.90")
+    gateway_stub.issue(fields["notify_id"])
+    notify = client.post("/alipay/notify", data=legacy_body(fields), content_type="application/x-www-form-urlencoded")
+    assert (notify.status_code, notify.data) == (200, b"success")
+    assert "paid A1 9.90" in capsys.readouterr().out
+    assert client.get("/alipay/return").data == b"Not confirmed"
+    alipay.close()
