@@ -11,7 +11,9 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -258,14 +260,69 @@ class Recorder:
             self.calls.append(event)
 
 
+# -- ledgers: SQLite by default; a module overrides ``ledger_backend`` to run against both -----------------
+
+POSTGRES = os.environ.get("ALIPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_unavailable(reason: str) -> None:
+    """Skip with the reason, or fail when CI is set (CI has a PostgreSQL: its tests must run there)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the PostgreSQL tests must run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """``ALIPAY_TEST_POSTGRES`` (default the machine's local server), checked once per session."""
+    try:
+        import psycopg
+    except ImportError:
+        postgres_unavailable('psycopg 3 is not installed: pip install -e ".[test]" (or "psycopg[binary]")')
+    try:
+        with psycopg.connect(POSTGRES, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        host = POSTGRES.rsplit("@", 1)[-1]  # never the password
+        postgres_unavailable(f"no PostgreSQL at {host} (set ALIPAY_TEST_POSTGRES): {' '.join(str(exc).split())}")
+    return POSTGRES
+
+
 @pytest.fixture
-def make_alipay(keys: Keys, tmp_path: Path) -> Iterator[Callable[..., Alipay]]:
+def ledger_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def new_ledger(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
+    """``new_ledger()`` -> a fresh, empty ledger of this test's backend (its table dropped afterwards)."""
+    tables: list[str] = []
+
+    def _new() -> Any:
+        if ledger_backend == "sqlite":
+            return f"sqlite:///{tmp_path / f'ledger{len(tables)}.sqlite3'}"
+        from alipay_middleware.ledger.postgres import PostgresLedger
+
+        url = request.getfixturevalue("postgres_url")
+        tables.append(f"alipay_test_{uuid.uuid4().hex[:12]}")
+        return PostgresLedger(url, table=tables[-1])
+
+    yield _new
+    if tables:
+        import psycopg
+
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            for table in tables:
+                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+
+@pytest.fixture
+def make_alipay(keys: Keys, new_ledger: Callable[[], Any]) -> Iterator[Callable[..., Alipay]]:
     made: list[Alipay] = []
 
     def _make(ledger: str | None = None, orders: Mapping[str, str] | None = None, **kwargs: Any) -> Alipay:
         config_overrides = kwargs.pop("config", {})
-        alipay = Alipay(make_config(keys, **config_overrides),
-                        ledger=ledger or f"sqlite:///{tmp_path / f'ledger{len(made)}.sqlite3'}", **kwargs)
+        alipay = Alipay(make_config(keys, **config_overrides), ledger=ledger or new_ledger(), **kwargs)
         if orders is not None:
             table = {k: Decimal(v) for k, v in orders.items()}
             alipay.order_amount(table.get)
@@ -407,7 +464,7 @@ def gateway_stub() -> Iterator[GatewayStub]:
 
 
 @pytest.fixture
-def make_legacy(gateway_stub: GatewayStub, tmp_path: Path) -> Iterator[Callable[..., Alipay]]:
+def make_legacy(gateway_stub: GatewayStub, new_ledger: Callable[[], Any]) -> Iterator[Callable[..., Alipay]]:
     """``make_legacy(orders={...}, **config)``: an Alipay on a LegacyConfig whose gateway is the stub."""
     from alipay_middleware import LegacyConfig
 
@@ -418,8 +475,7 @@ def make_legacy(gateway_stub: GatewayStub, tmp_path: Path) -> Iterator[Callable[
         settings: dict[str, Any] = {"partner": PARTNER, "key": MD5_KEY, "gateway": gateway_stub.url,
                                     "verify_timeout": 1.0}
         settings.update(config)
-        alipay = Alipay(LegacyConfig(**settings),
-                        ledger=f"sqlite:///{tmp_path / f'legacy{len(made)}.sqlite3'}", **(alipay_kwargs or {}))
+        alipay = Alipay(LegacyConfig(**settings), ledger=new_ledger(), **(alipay_kwargs or {}))
         if orders is not None:
             table = {k: Decimal(v) for k, v in orders.items()}
             alipay.order_amount(table.get)

@@ -91,7 +91,7 @@ def test_all_four_private_key_shapes_are_accepted(keys, shape):
         ({"max_body": 2**30}, "max_body must be an int"),
         ({"lease_seconds": 0}, "lease_seconds must be between"),
         ({"hook_threads": 0}, "hook_threads must be between"),
-        ({"ledger": "postgresql://localhost/test"}, "unsupported ledger"),
+        ({"ledger": "mysql://shop:secret@localhost/test"}, "unsupported ledger 'mysql'"),
         ({"ledger": "sqlite:///"}, "names no file"),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v)),
@@ -163,3 +163,25 @@ def test_sandbox_gateway_is_accepted(keys):
     from alipay_middleware import SANDBOX_GATEWAY
 
     assert make_config(keys, gateway=SANDBOX_GATEWAY).gateway == "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
+
+
+def test_ledger_urls_never_echo_a_password(keys):
+    with pytest.raises(ValueError) as caught:
+        Alipay(make_config(keys), ledger="mysql://shop:s3cret-pw@db.internal/shop")
+    assert "s3cret-pw" not in str(caught.value)
+    # An unreachable PostgreSQL fails at start-up, naming the server but not the password.
+    pytest.importorskip("psycopg")
+    with pytest.raises(ValueError) as caught:
+        Alipay(make_config(keys), ledger="postgresql://shop:s3cret-pw@127.0.0.1:1/shop?connect_timeout=2")
+    assert "127.0.0.1" in str(caught.value) and "s3cret-pw" not in str(caught.value)
+
+
+def test_postgresql_url_opens_the_postgres_ledger(keys, postgres_url):
+    from alipay_middleware.ledger.postgres import PostgresLedger
+
+    alipay = Alipay(make_config(keys), ledger=postgres_url)
+    try:
+        assert isinstance(alipay.ledger, PostgresLedger)
+        assert alipay.ledger.events(limit=1) is not None
+    finally:
+        alipay.close()

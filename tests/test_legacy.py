@@ -26,6 +26,12 @@ NOTIFY = "/alipay/notify"
 RETURN = "/alipay/return"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """This behavioural suite runs against both ledgers (PostgreSQL: see conftest's postgres_url)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def legacy_rsa_keys() -> tuple[RSA.RsaKey, RSA.RsaKey]:
     """(merchant key, a key standing in for Alipay's legacy key), both 1024-bit as the service uses."""

@@ -16,6 +16,12 @@ from conftest import APP_ID, Recorder, encode_form, notify_fields, sign_fields, 
 NOTIFY = "/alipay/notify"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """This behavioural suite runs against both ledgers (PostgreSQL: see conftest's postgres_url)."""
+    return str(request.param)
+
+
 def assert_success(response: Any) -> None:
     assert response.status == 200
     assert response.body == b"success"

@@ -8,7 +8,8 @@ from .sqlite import SQLiteLedger
 
 def open_ledger(spec: str | Ledger) -> Ledger:
     """A ledger from ``"sqlite:///relative.sqlite3"``, ``"sqlite:////absolute/path"``, ``":memory:"``
-    (or ``"sqlite:///:memory:"``), or a :class:`Ledger` instance passed through."""
+    (or ``"sqlite:///:memory:"``), ``"postgresql://user@host/db"`` (needs the ``postgres`` extra), or a
+    :class:`Ledger` instance passed through."""
     if isinstance(spec, Ledger):
         return spec
     if not isinstance(spec, str):
@@ -20,9 +21,16 @@ def open_ledger(spec: str | Ledger) -> Ledger:
         if not path:
             raise ValueError("ledger URL names no file: use sqlite:///alipay-ledger.sqlite3")
         return SQLiteLedger(path)
+    if spec.startswith(("postgresql://", "postgres://")):
+        try:
+            from .postgres import PostgresLedger
+        except ImportError as exc:
+            raise ValueError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
+        return PostgresLedger(spec)
     raise ValueError(
-        f"unsupported ledger {spec[:40]!r}: use 'sqlite:///path/to/file.sqlite3' (relative), "
-        "'sqlite:////absolute/path.sqlite3', ':memory:' (tests only), or pass a Ledger instance"
+        f"unsupported ledger {spec.split('://')[0][:20]!r}: use 'sqlite:///path/to/file.sqlite3' (relative), "
+        "'sqlite:////absolute/path.sqlite3', ':memory:' (tests only), 'postgresql://user@host/db', "
+        "or pass a Ledger instance"
     )
 
 

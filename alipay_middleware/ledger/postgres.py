@@ -1,0 +1,535 @@
+"""The PostgreSQL ledger: one table, correct across threads, processes and hosts.
+
+::
+
+    from alipay_middleware.ledger.postgres import PostgresLedger
+
+    ledger = PostgresLedger("postgresql://shop@db.internal:5432/shop")  # a connection per thread
+    ledger = PostgresLedger(pool=psycopg_pool.ConnectionPool(...))      # or connections from your pool
+
+Needs psycopg 3 (``pip install "psycopg[binary]"``); nothing else in the package imports it. The
+semantics are those of :class:`~alipay_middleware.ledger.sqlite.SQLiteLedger`, statement for statement.
+
+**Claim-or-busy is atomic** between any number of workers on any number of hosts. Lock order, the same
+in every transaction that takes more than one lock, so claims cannot deadlock each other:
+
+1. the trade: a transaction-scoped advisory lock (``pg_advisory_xact_lock``) on a 64-bit hash of the
+   table and the ``trade_key``. Every claim of any event of one trade queues here, so the per-trade busy
+   check and the write that follows it cannot interleave with another claim;
+2. the event's row (``SELECT ... FOR UPDATE``), which also orders a claim against a concurrent
+   ``finish`` / ``fail`` / ``reject`` of the same event (those take the row lock only, one row each).
+
+Each transaction sets ``lock_timeout`` (``SET LOCAL``), so a lock held by a stuck session becomes
+:class:`~alipay_middleware.errors.LedgerUnavailable` (a retryable 503) instead of a hung request. Every
+psycopg error (server down, broken connection, lock timeout, a value PostgreSQL cannot store such as a
+NUL character in text) surfaces as ``LedgerUnavailable``; a broken connection is discarded and a new one
+opened on next use. Leases are measured on the database server's clock (``clock_timestamp()``): one
+clock for every host, so clock skew between app servers cannot stretch or shorten a lease.
+
+Durability: a commit returns only once it is durable with PostgreSQL's default
+``synchronous_commit=on``; this module never changes that setting.
+
+**Schema**: with ``create_schema=True`` (the default) the table and its indexes are created at
+construction if they are missing; if they exist nothing is run, so an app user without DDL rights works
+too. Shops whose administrator creates tables run :func:`schema_sql` by hand and pass
+``create_schema=False``: a missing table then fails the construction with ``ValueError``, as does an
+unreachable server or a rejected login, so a bad configuration shows at start-up, not at the first
+payment.
+
+Without a pool each thread of each process keeps its own connection (a forked child opens new ones and
+never uses or closes its parent's); connections of threads that have ended are closed the next time a
+thread connects. With a pool (anything whose ``connection()`` is a context manager yielding a psycopg
+``Connection``, such as ``psycopg_pool.ConnectionPool``) every call borrows a connection for one
+transaction; no session state is left on it, and :meth:`PostgresLedger.close` leaves the pool alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
+    from psycopg.rows import tuple_row
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError('PostgresLedger needs psycopg 3: pip install "psycopg[binary]"') from exc
+
+from ..errors import LedgerUnavailable
+from ..events import PaymentEvent
+from .base import (
+    ALREADY_DONE,
+    BUSY,
+    CLAIMED,
+    DONE,
+    FAILED,
+    RECEIVED,
+    REJECTED,
+    Claim,
+    Ledger,
+    StoredEvent,
+)
+
+# Index names are "<table>_<suffix>"; PostgreSQL silently truncates names past 63 bytes, and with
+# CREATE INDEX IF NOT EXISTS two truncated names could collide into one missing index, so the table
+# name leaves room for the longest suffix ("_received").
+_SCHEMA = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,53}")
+_INDEXES = {  # suffix -> columns
+    "trade": ("trade_key", "status"),
+    "status": ("status", "id"),  # events(status=...) newest first
+    "order": ("out_trade_no",),
+    "received": ("received_at",),
+}
+_FIELDS = (
+    "dedupe_key", "trade_key", "kind", "status", "out_trade_no", "trade_no", "trade_status", "notify_id",
+    "charset", "raw_body", "fields", "reason", "error", "attempts", "received_at", "updated_at",
+)
+
+
+class ConnectionPoolLike(Protocol):
+    """What ``pool=`` needs: ``psycopg_pool.ConnectionPool`` fits, and so does any look-alike."""
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
+def _check_names(schema: str, table: str) -> None:
+    if not isinstance(schema, str) or not _SCHEMA.fullmatch(schema):
+        raise ValueError(f"schema must be a plain SQL identifier (letters, digits, _), got {schema!r}")
+    if not isinstance(table, str) or not _TABLE.fullmatch(table):
+        raise ValueError(f"table must be a plain SQL identifier of at most 54 characters, got {table!r}")
+
+
+def _ddl(schema: str, table: str, *, with_schema: bool) -> list[sql.Composed]:
+    t = sql.Identifier(schema, table)
+    statements = []
+    if with_schema:  # CREATE SCHEMA IF NOT EXISTS needs a database privilege even when the schema exists
+        statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    statements.append(sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+    id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    dedupe_key TEXT NOT NULL UNIQUE,
+    trade_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    out_trade_no TEXT NOT NULL,
+    trade_no TEXT NOT NULL,
+    trade_status TEXT NOT NULL,
+    notify_id TEXT NOT NULL,
+    charset TEXT NOT NULL,
+    raw_body BYTEA,
+    fields JSONB NOT NULL,
+    reason TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until TIMESTAMPTZ,
+    received_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+)""").format(t))
+    for suffix, columns in _INDEXES.items():
+        statements.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+            sql.Identifier(f"{table}_{suffix}"), t, sql.SQL(", ").join(map(sql.Identifier, columns))))
+    return statements
+
+
+def schema_sql(schema: str = "public", table: str = "alipay_events") -> str:
+    """The DDL :class:`PostgresLedger` needs, for an administrator to run by hand (idempotent).
+
+    ``python -c 'from alipay_middleware.ledger.postgres import schema_sql; print(schema_sql())' | psql -d shop``
+    """
+    _check_names(schema, table)
+    statements = _ddl(schema, table, with_schema=schema != "public")
+    return "".join(statement.as_string() + ";\n" for statement in statements)
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@dataclass
+class _Held:
+    """A connection this ledger opened, and the process and thread it belongs to."""
+
+    pid: int
+    thread: threading.Thread
+    conn: psycopg.Connection[Any]
+
+
+class PostgresLedger(Ledger):
+    """``PostgresLedger("postgresql://user@host:5432/dbname")`` or ``PostgresLedger(pool=your_pool)``.
+
+    ``schema`` and ``table`` name the table (plain identifiers, always quoted). ``connect_timeout`` (seconds,
+    whole seconds of at least 2 as libpq counts them) applies to connections this ledger opens;
+    ``lock_timeout`` (seconds) bounds every wait for a lock. Raises ``ValueError`` for a bad argument, an
+    unreachable server, a failed login, or a missing table with ``create_schema=False``.
+    """
+
+    def __init__(self, conninfo: str | None = None, *, pool: ConnectionPoolLike | None = None,
+                 schema: str = "public", table: str = "alipay_events", create_schema: bool = True,
+                 connect_timeout: float = 5.0, lock_timeout: float = 5.0) -> None:
+        _check_names(schema, table)
+        if (conninfo is None) == (pool is None):
+            raise ValueError("pass either a conninfo/URL ('postgresql://user@host:5432/dbname') or pool=, not both")
+        if pool is not None and not callable(getattr(pool, "connection", None)):
+            raise ValueError(f"pool must have a connection() context manager, like psycopg_pool.ConnectionPool; "
+                             f"got {type(pool).__name__}")
+        if not connect_timeout > 0 or not math.isfinite(connect_timeout):
+            raise ValueError(f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}")
+        if not lock_timeout >= 0.001 or not math.isfinite(lock_timeout):
+            raise ValueError(f"lock_timeout must be at least 0.001 seconds, got {lock_timeout!r}")
+        self.schema = schema
+        self.table = table
+        self.lock_timeout = lock_timeout
+        self.connect_timeout = connect_timeout
+        self._pool = pool
+        self._params: dict[str, Any] = {}
+        if conninfo is not None:
+            self._params = self._parse(conninfo)
+            self._params["connect_timeout"] = max(2, math.ceil(connect_timeout))  # libpq's minimum is 2
+            self._params.setdefault("application_name", "alipay-middleware")
+        self._local = threading.local()
+        # Connections this ledger opened, with their pid: a forked child must neither use nor close its
+        # parent's, and keeps referring to them so that they are never garbage-collected in the child.
+        self._held: list[_Held] = []
+        self._held_lock = threading.Lock()
+        self._q = _Queries(schema, table, lock_timeout)
+        self._open(create_schema)
+
+    @staticmethod
+    def _parse(conninfo: str) -> dict[str, Any]:
+        if not isinstance(conninfo, str):
+            raise ValueError(f"conninfo must be a string, not {type(conninfo).__name__}")
+        if "://" in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
+            raise ValueError("a PostgreSQL URL starts with postgresql:// or postgres:// "
+                             "(e.g. 'postgresql://user@host:5432/dbname')")
+        try:
+            return dict(conninfo_to_dict(conninfo))
+        except psycopg.Error:
+            # psycopg's message quotes pieces of the string, which may hold a password.
+            raise ValueError("invalid PostgreSQL conninfo (not shown: it may hold a password); expected "
+                             "'postgresql://user@host:5432/dbname' or 'host=... dbname=...'") from None
+
+    def __repr__(self) -> str:
+        where = f"{self.schema}.{self.table}"
+        if self._pool is not None:
+            return f"PostgresLedger(pool={type(self._pool).__name__}, table={where!r})"
+        host = self._params.get("host") or self._params.get("hostaddr") or "(default)"
+        port = self._params.get("port") or "(default)"
+        dbname = self._params.get("dbname") or "(default)"
+        return f"PostgresLedger(host={host!r}, port={port!r}, dbname={dbname!r}, table={where!r})"
+
+    def _describe(self) -> str:
+        return repr(self)[len("PostgresLedger("):-1]
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> None:
+        """Check at construction that the server answers and the table is there (or create it)."""
+        try:
+            with self._startup_connection() as conn:
+                if not self._schema_complete(conn):
+                    if not create:
+                        raise ValueError(
+                            f"the ledger table {self.schema}.{self.table} (or one of its indexes) does not exist. "
+                            "Have an administrator run the SQL printed by "
+                            f"alipay_middleware.ledger.postgres.schema_sql({self.schema!r}, {self.table!r}), "
+                            "or pass create_schema=True to let this user create it."
+                        )
+                    self._run_ddl(conn)
+                self._probe(conn)
+        except LedgerUnavailable as exc:
+            raise ValueError(f"cannot use the PostgreSQL ledger ({self._describe()}): {exc}") from None
+
+    @contextmanager
+    def _startup_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        # Without a pool, a short-lived connection: a parent process that constructs the ledger and
+        # then forks workers (gunicorn --preload) leaves no connection behind for them to inherit.
+        try:
+            if self._pool is not None:
+                with self._pool.connection() as conn:
+                    yield conn
+            else:
+                with psycopg.connect(**self._params, autocommit=True) as conn:
+                    yield conn
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(f"postgresql: {_oneline(exc)}") from exc
+
+    def _schema_complete(self, conn: psycopg.Connection[Any]) -> bool:
+        names = [self.table, *(f"{self.table}_{suffix}" for suffix in _INDEXES)]
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(
+                "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
+                (self.schema, names),
+            ).fetchone()
+        return row is not None and row[0] == len(names)
+
+    def _run_ddl(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self._q.set_lock_timeout)
+            # Workers starting together would race CREATE ... IF NOT EXISTS into a unique violation.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._q.lock_key("\x00ddl"),))
+            row = cur.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,)).fetchone()
+            for statement in _ddl(self.schema, self.table, with_schema=row is None):
+                cur.execute(statement)
+
+    def _probe(self, conn: psycopg.Connection[Any]) -> None:
+        """Fail at start-up, not at the first payment, if the table has other columns or no rights."""
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(self._q.probe)
+            # One privilege per call: given a list, has_table_privilege answers whether *any* is held.
+            row = cur.execute("SELECT has_table_privilege(%(t)s, 'SELECT') AND has_table_privilege(%(t)s, 'INSERT') "
+                              "AND has_table_privilege(%(t)s, 'UPDATE')", {"t": self._q.qualified}).fetchone()
+        if row is None or not row[0]:
+            raise ValueError(f"the database user may not SELECT, INSERT and UPDATE {self.schema}.{self.table}; "
+                             "grant those privileges to the app's user")
+
+    def create_schema(self) -> None:
+        """Create the table and its indexes if missing (runs :func:`schema_sql`; needs DDL rights)."""
+        try:
+            with self._borrow() as conn:
+                self._run_ddl(conn)
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(f"postgresql: {_oneline(exc)}") from exc
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _connect(self) -> _Held:
+        pid = os.getpid()
+        with self._held_lock:  # connections of threads that have ended (thread-per-request servers)
+            ended = [h for h in self._held if h.pid == pid and not h.thread.is_alive()]
+            self._held = [h for h in self._held if h not in ended]
+        for held in ended:
+            self._close_quietly(held.conn)
+        held = _Held(pid, threading.current_thread(), psycopg.connect(**self._params, autocommit=True))
+        with self._held_lock:
+            self._held.append(held)
+        return held
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid() or held.conn.closed:  # new thread, fork, or dropped
+            held = self._connect()
+            self._local.held = held
+        return held.conn
+
+    def _discard(self, conn: psycopg.Connection[Any]) -> None:
+        with self._held_lock:
+            self._held = [h for h in self._held if h.conn is not conn]
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None and held.conn is conn:
+            self._local.held = None
+        self._close_quietly(conn)
+
+    @staticmethod
+    def _close_quietly(conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.close()
+        except psycopg.Error:  # pragma: no cover - closing a dead socket
+            pass
+
+    @contextmanager
+    def _borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._pool is not None:
+            with self._pool.connection() as conn:  # the pool checks and discards broken connections itself
+                if conn.info.transaction_status != TransactionStatus.IDLE:
+                    # Our "transaction" would be a savepoint, committed only when the app commits.
+                    raise LedgerUnavailable("postgresql: the pool lent a connection inside a transaction")
+                yield conn
+            return
+        conn = self._connection()
+        try:
+            yield conn
+        finally:
+            if conn.closed or conn.broken or conn.info.transaction_status != TransactionStatus.IDLE:
+                self._discard(conn)
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+        try:
+            with self._borrow() as conn, conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+                cur.execute(self._q.set_lock_timeout)
+                yield cur
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(f"postgresql: {_oneline(exc)}") from exc
+
+    # -- the interface -----------------------------------------------------------------------------
+
+    def claim(self, event: PaymentEvent, raw_body: bytes, charset: str, owner: str, lease: float) -> Claim:
+        q = self._q
+        with self._tx() as cur:
+            # The trade lock first (see the module docstring); "now" is read once it is held.
+            (now,) = _one(cur.execute(q.lock_trade, (q.lock_key(event.trade_key),)))
+            row = cur.execute(q.claim_row, (event.key,)).fetchone()
+            if row is not None and row[0] == DONE:
+                return Claim(ALREADY_DONE)
+            if row is not None and row[0] == RECEIVED and row[1] is not None and row[1] > now:
+                return Claim(BUSY, retry_after=(row[1] - now).total_seconds())
+            (other,) = _one(cur.execute(q.trade_lease, (event.trade_key, RECEIVED, now, event.key)))
+            if other is not None:
+                return Claim(BUSY, retry_after=(other - now).total_seconds())
+            until = now + timedelta(seconds=lease)
+            if row is None:
+                inserted = cur.execute(
+                    q.insert_claimed, (*_row(event, raw_body, charset, RECEIVED), now, now, owner, until)
+                ).fetchone()
+                if inserted is None:  # the key was recorded by a claim that did not hold this trade's lock
+                    raise LedgerUnavailable(f"event {event.key} was recorded concurrently under another trade key")
+                return Claim(CLAIMED, attempt=1)
+            (attempts,) = _one(cur.execute(q.retake, (RECEIVED, owner, until, now, event.key)))
+            return Claim(CLAIMED, attempt=attempts)
+
+    def finish(self, key: str, note: str | None = None) -> None:
+        with self._tx() as cur:
+            cur.execute(self._q.finish, (DONE, note, key))
+
+    def _release(self, key: str, owner: str, status: str, reason: str | None, error: str | None) -> None:
+        with self._tx() as cur:
+            cur.execute(self._q.release, (status, reason, error, key, RECEIVED, owner))
+
+    def fail(self, key: str, owner: str, error: str) -> None:
+        self._release(key, owner, FAILED, None, error)
+
+    def reject(self, key: str, owner: str, reason: str) -> None:
+        self._release(key, owner, REJECTED, reason, None)
+
+    def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
+        ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
+        row = _row(event, raw_body, charset, REJECTED)
+        with self._tx() as cur:
+            cur.execute(self._q.insert_foreign, (f"foreign:{ident}", f"foreign:{event.trade_key}", *row[2:], reason))
+
+    def is_done(self, key: str) -> bool:
+        with self._tx() as cur:
+            row = cur.execute(self._q.status, (key,)).fetchone()
+        return row is not None and row[0] == DONE
+
+    def get(self, key: str) -> StoredEvent | None:
+        with self._tx() as cur:
+            row = cur.execute(self._q.get, (key,)).fetchone()
+        return _stored(row) if row is not None else None
+
+    def events(self, status: str | None = None, out_trade_no: str | None = None,
+               limit: int = 100) -> list[StoredEvent]:
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append(sql.SQL("status = %s"))
+            args.append(status)
+        if out_trade_no is not None:
+            where.append(sql.SQL("out_trade_no = %s"))
+            args.append(out_trade_no)
+        query = self._q.select
+        if where:
+            query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
+        # SQLite reads a negative LIMIT as "no limit"; PostgreSQL's spelling of that is LIMIT NULL.
+        args.append(limit if limit >= 0 else None)
+        with self._tx() as cur:
+            rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
+        return [_stored(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connections this process opened (a pool passed in is left open: it is yours)."""
+        pid = os.getpid()
+        with self._held_lock:
+            mine = [h for h in self._held if h.pid == pid]
+            self._held = [h for h in self._held if h.pid != pid]
+        for held in mine:
+            self._close_quietly(held.conn)
+        self._local = threading.local()
+
+
+def _one(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    if row is None:  # pragma: no cover - each caller's statement returns exactly one row
+        raise LedgerUnavailable("postgresql: a statement returned no row")
+    return row
+
+
+def _row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tuple[Any, ...]:
+    return (
+        event.key, event.trade_key, event.kind, status, event.out_trade_no, event.trade_no,
+        event.trade_status, event.notify_id, charset, raw_body,
+        json.dumps(event.raw, ensure_ascii=False, sort_keys=True),
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(timezone.utc)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        key=row[0], trade_key=row[1], kind=row[2], status=row[3], out_trade_no=row[4], trade_no=row[5],
+        trade_status=row[6], notify_id=row[7], charset=row[8],
+        raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
+        reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
+    )
+
+
+class _Queries:
+    """Every statement, composed once per ledger with the quoted table name."""
+
+    def __init__(self, schema: str, table: str, lock_timeout: float) -> None:
+        t = sql.Identifier(schema, table)
+        self.qualified = t.as_string()
+        self._lock_namespace = f"{schema}.{table}".encode()
+        columns = sql.SQL(", ").join(map(sql.Identifier, _FIELDS))
+        # fields as text, parsed here: the result does not depend on the JSON loaders a pool registers.
+        selected = sql.SQL(", ").join(
+            sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in _FIELDS
+        )
+        values = sql.SQL(", ").join(sql.SQL("%s::jsonb" if name == "fields" else "%s") for name in _FIELDS[:11])
+        milliseconds = max(1, round(lock_timeout * 1000))
+        self.set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{milliseconds}ms"))
+        # The function scan returns its row once the lock is held, so clock_timestamp() is read after it.
+        self.lock_trade = sql.SQL("SELECT clock_timestamp() FROM pg_advisory_xact_lock(%s)")
+        self.claim_row = sql.SQL("SELECT status, lease_until FROM {} WHERE dedupe_key = %s FOR UPDATE").format(t)
+        self.trade_lease = sql.SQL(
+            "SELECT MAX(lease_until) FROM {} WHERE trade_key = %s AND status = %s AND lease_until > %s "
+            "AND dedupe_key <> %s"
+        ).format(t)
+        self.insert_claimed = sql.SQL(
+            "INSERT INTO {} ({}, lease_owner, lease_until) VALUES ({}, NULL, NULL, 1, %s, %s, %s, %s) "
+            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING attempts"
+        ).format(t, columns, values)
+        self.retake = sql.SQL(
+            "UPDATE {} SET status = %s, lease_owner = %s, lease_until = %s, attempts = attempts + 1, "
+            "updated_at = %s WHERE dedupe_key = %s RETURNING attempts"
+        ).format(t)
+        self.finish = sql.SQL(
+            "UPDATE {} SET status = %s, lease_owner = NULL, lease_until = NULL, error = NULL, reason = %s, "
+            "updated_at = statement_timestamp() WHERE dedupe_key = %s"
+        ).format(t)
+        self.release = sql.SQL(
+            "UPDATE {} SET status = %s, reason = %s, error = %s, lease_owner = NULL, lease_until = NULL, "
+            "updated_at = statement_timestamp() WHERE dedupe_key = %s AND status = %s AND lease_owner = %s"
+        ).format(t)
+        self.insert_foreign = sql.SQL(
+            "INSERT INTO {} AS e ({}) VALUES ({}, %s, NULL, 1, statement_timestamp(), statement_timestamp()) "
+            "ON CONFLICT (dedupe_key) DO UPDATE SET attempts = e.attempts + 1, updated_at = excluded.updated_at"
+        ).format(t, columns, values)
+        self.status = sql.SQL("SELECT status FROM {} WHERE dedupe_key = %s").format(t)
+        self.select = sql.SQL("SELECT {} FROM {}").format(selected, t)
+        self.get = sql.SQL("{} WHERE dedupe_key = %s").format(self.select)
+        self.probe = sql.SQL("SELECT {}, lease_owner, lease_until FROM {} WHERE false").format(selected, t)
+
+    def lock_key(self, trade_key: str) -> int:
+        """The advisory lock's 64-bit key; a collision only makes two trades wait for each other."""
+        digest = hashlib.blake2b(self._lock_namespace + b"\x00" + trade_key.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+
+__all__ = ["ConnectionPoolLike", "PostgresLedger", "schema_sql"]
