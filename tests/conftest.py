@@ -308,12 +308,15 @@ def new_ledger(ledger_backend: str, tmp_path: Path, request: pytest.FixtureReque
         return PostgresLedger(url, table=tables[-1])
 
     yield _new
-    if tables:
-        import psycopg
+    for table in tables:
+        drop_postgres_table(table)
 
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            for table in tables:
-                conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+def drop_postgres_table(table: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 
 
 @pytest.fixture

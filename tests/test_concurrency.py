@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay
-from alipay_middleware.ledger import DONE, SQLiteLedger
+from alipay_middleware.ledger import DONE, Ledger, SQLiteLedger
 from conftest import (
     APP_ID,
     FORM,
@@ -46,6 +46,7 @@ from conftest import (
     ASGIClient,
     Keys,
     WSGIClient,
+    drop_postgres_table,
     inner_asgi,
     inner_wsgi,
     notify_fields,
@@ -215,10 +216,10 @@ def copies(events: Sequence[Event], times: int, seed: int = 7) -> list[bytes]:
     return bodies
 
 
-def assert_ledger_done(path: Path, events: Sequence[Event], attempts: int | None = None) -> None:
-    """Every event is in the ledger file, done (read through a fresh connection); nothing else is.
-    ``attempts``: how many times each event must have been claimed."""
-    ledger = SQLiteLedger(str(path))
+def assert_ledger_done(path: Path | Ledger, events: Sequence[Event], attempts: int | None = None) -> None:
+    """Every event is in the ledger (a SQLite file read through a fresh connection, or a fresh ledger
+    object), done; nothing else is. ``attempts``: how many times each event must have been claimed."""
+    ledger = SQLiteLedger(str(path)) if isinstance(path, Path) else path
     try:
         stored = {e.key: ledger.get(e.key) for e in events}
         assert {k: s.status if s else None for k, s in stored.items()} == {e.key: DONE for e in events}
@@ -280,6 +281,15 @@ SERVER_APP = '''
 
     from alipay_middleware import Alipay, OpenApiConfig
 
+
+    def ledger_from_env():
+        if os.environ.get("SHOP_POSTGRES"):
+            from alipay_middleware.ledger.postgres import PostgresLedger
+
+            return PostgresLedger(os.environ["SHOP_POSTGRES"], table=os.environ["SHOP_TABLE"])
+        return "sqlite:///" + os.environ["SHOP_LEDGER"]
+
+
     alipay = Alipay(
         OpenApiConfig(
             app_id=os.environ["SHOP_APP_ID"],
@@ -287,7 +297,7 @@ SERVER_APP = '''
             app_private_key=os.environ["SHOP_APP_PRIVATE_KEY"],
             alipay_public_key=os.environ["SHOP_ALIPAY_PUBLIC_KEY"],
         ),
-        ledger="sqlite:///" + os.environ["SHOP_LEDGER"],
+        ledger=ledger_from_env(),
     )
     HOOK_LOG = os.environ["SHOP_HOOK_LOG"]
     HOOK_DELAY = float(os.environ["SHOP_HOOK_DELAY"])
@@ -435,13 +445,26 @@ def serve(command: list[str], env: dict[str, str], workdir: Path, *, ready_withi
                 proc.wait(timeout=10)
 
 
+POSTGRES_SERVERS = ["gunicorn-sync-w4", "gunicorn-gthread-w2x4-async-hook", "uvicorn-workers2",
+                    "uvicorn-workers2-async-hook"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("server_kind", list(SERVERS))
-def test_processes_racing_copies_run_each_hook_exactly_once(server_kind: str, keys: Keys, make_alipay: Any,
-                                                            tmp_path: Path, record_property: Any) -> None:
+@pytest.mark.parametrize(("server_kind", "backend"), [(kind, "sqlite") for kind in SERVERS]
+                         + [(kind, "postgres") for kind in POSTGRES_SERVERS])
+def test_processes_racing_copies_run_each_hook_exactly_once(server_kind: str, backend: str, keys: Keys,
+                                                            make_alipay: Any, tmp_path: Path, record_property: Any,
+                                                            request: pytest.FixtureRequest) -> None:
+    """Several worker processes, every event's copies at once: with SQLite the workers share one file on
+    one host; with PostgreSQL they coordinate through the server, as app servers on several hosts do."""
     command, lifespan, hook_style = SERVERS[server_kind]
     (tmp_path / "shop_app.py").write_text(textwrap.dedent(SERVER_APP))
     ledger_path, hook_log = tmp_path / "ledger.sqlite3", tmp_path / "hook-calls.log"
+    postgres: dict[str, str] = {}
+    if backend == "postgres":
+        postgres = {"SHOP_POSTGRES": request.getfixturevalue("postgres_url"),
+                    "SHOP_TABLE": f"alipay_test_{os.getpid()}_{random.randrange(10**9)}"}
+        request.addfinalizer(lambda: drop_postgres_table(postgres["SHOP_TABLE"]))
     env = dict(
         os.environ,
         SHOP_APP_ID=APP_ID,
@@ -453,6 +476,7 @@ def test_processes_racing_copies_run_each_hook_exactly_once(server_kind: str, ke
         SHOP_HOOK_DELAY="0.1",
         SHOP_HOOK_STYLE=hook_style,
         PYTHONUNBUFFERED="1",
+        **postgres,
     )
     # An in-process Alipay (own throwaway ledger) only works out the dedupe keys the server will use.
     events = mixed_events(make_alipay(), keys, paid=8, refunds=4, closed=2)
@@ -482,4 +506,10 @@ def test_processes_racing_copies_run_each_hook_exactly_once(server_kind: str, ke
     record_property("hook_pids", pids)
     print(f"{server_kind}: answers {dict(Counter(answers))}, hooks ran in {len(pids)} process(es) {pids}")
     assert calls == Counter({e.key: 1 for e in events}), calls
-    assert_ledger_done(ledger_path, events, attempts=1)
+    if postgres:
+        from alipay_middleware.ledger.postgres import PostgresLedger
+
+        assert_ledger_done(PostgresLedger(postgres["SHOP_POSTGRES"], table=postgres["SHOP_TABLE"]), events, attempts=1)
+    else:
+        assert_ledger_done(ledger_path, events, attempts=1)
+

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,12 @@ CHILD = textwrap.dedent(
 
     config = OpenApiConfig(app_id="2021000000000001", app_private_key=os.environ["APP_KEY"],
                            alipay_public_key=os.environ["ALIPAY_PUBLIC"], seller_id="2088000000000001")
-    alipay = Alipay(config, ledger="sqlite:///" + os.environ["LEDGER"], lease_seconds=1)
+    if os.environ.get("POSTGRES"):
+        from alipay_middleware.ledger.postgres import PostgresLedger
+        ledger = PostgresLedger(os.environ["POSTGRES"], table=os.environ["TABLE"])
+    else:
+        ledger = "sqlite:///" + os.environ["LEDGER"]
+    alipay = Alipay(config, ledger=ledger, lease_seconds=1)
     marker = Path(os.environ["MARKER"])
 
     @alipay.on_paid
@@ -41,14 +47,21 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_sigkill_during_hook_then_resend_after_the_lease(keys, tmp_path: Path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_during_hook_then_resend_after_the_lease(keys, tmp_path: Path, backend, request):
     ledger = tmp_path / "ledger.sqlite3"
+    postgres: dict[str, str] = {}
+    if backend == "postgres":
+        from conftest import drop_postgres_table
+
+        postgres = {"POSTGRES": request.getfixturevalue("postgres_url"), "TABLE": f"alipay_crash_{os.getpid()}"}
+        request.addfinalizer(lambda: drop_postgres_table(postgres["TABLE"]))
     body = signed_body(notify_fields("K1"), keys.alipay)
     (tmp_path / "body").write_bytes(body)
     marker = tmp_path / "hook-started"
     env = dict(os.environ, TESTS_DIR=str(Path(__file__).parent), APP_KEY=keys.app_private_pem,
                ALIPAY_PUBLIC=keys.alipay_public_pem, LEDGER=str(ledger), MARKER=str(marker),
-               BODY=str(tmp_path / "body"))
+               BODY=str(tmp_path / "body"), **postgres)
     child = subprocess.Popen([sys.executable, "-c", CHILD], env=env)
     try:
         for _ in range(600):  # bounded wait for the hook to start (up to 60 s)
@@ -62,7 +75,13 @@ def test_sigkill_during_hook_then_resend_after_the_lease(keys, tmp_path: Path):
         if child.poll() is None:
             child.kill()
 
-    alipay = Alipay(make_config(keys), ledger=f"sqlite:///{ledger}", lease_seconds=1)
+    if postgres:
+        from alipay_middleware.ledger.postgres import PostgresLedger
+
+        store: Any = PostgresLedger(postgres["POSTGRES"], table=postgres["TABLE"])
+    else:
+        store = f"sqlite:///{ledger}"
+    alipay = Alipay(make_config(keys), ledger=store, lease_seconds=1)
     calls = []
     alipay.on_paid(calls.append)
     client = WSGIClient(alipay.wsgi(lambda environ, start_response: []))
@@ -78,4 +97,5 @@ def test_sigkill_during_hook_then_resend_after_the_lease(keys, tmp_path: Path):
     assert (resend.status, resend.body) == (200, b"success")
     assert len(calls) == 1
     assert alipay.ledger.events()[0].status == DONE
+    alipay.close()
     alipay.close()
