@@ -34,3 +34,17 @@ class GatewayUnavailable(AlipayError):
 
     On the notify path this answers 503 so that Alipay resends; nothing is acknowledged.
     """
+
+
+class ResponseError(AlipayError):
+    """A synchronous gateway response that cannot be read or trusted (see :mod:`.response`).
+
+    ``reason`` is stable and machine-readable (``malformed_response``, ``duplicate_key``,
+    ``missing_response``, ``ambiguous_response``, ``missing_sign``, ``bad_signature``,
+    ``cert_sn_mismatch``, ``bad_encoding``); ``detail`` is for people and never quotes the body.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
