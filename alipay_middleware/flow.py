@@ -13,7 +13,8 @@ amount check -> hook -> mark done -> ``success``.
 
 ``return_flow`` verifies the browser's return the same way and, when the return itself proves a
 payment (the legacy service), hands it to the very same claim-check-hook steps: whichever of return
-and notify comes first runs ``on_paid``, the other finds it done (or busy) in the ledger.
+and notify comes first runs ``on_paid``, the other finds it done (or busy) in the ledger. So does
+``replay_flow``, the operator's ``replay``, for an event already in the ledger.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import GatewayUnavailable, LedgerUnavailable, Rejection
 from .events import CLOSED, PAID, PaymentEvent, ReturnResult
-from .ledger.base import ALREADY_DONE, BUSY
+from .ledger.base import ALREADY_DONE, BUSY, StoredEvent
 from .outbound import http_get
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Answer:
 
 
 SUCCESS = Answer(200, "ok", b"success")
+DUPLICATE = Answer(200, "already_done", b"success")  # the same bytes on the wire; replay tells them apart
 TOO_LARGE = Answer(413, "body_too_large")
 INTERNAL_ERROR = Answer(500, "internal_error")
 
@@ -130,7 +132,7 @@ def _process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sour
         return _unavailable(source, event, exc)
     if claim.state == ALREADY_DONE:
         log.info("alipay %s duplicate reason=already_done key=%s", source, event.key)
-        return SUCCESS
+        return DUPLICATE
     if claim.state == BUSY:
         log.info("alipay %s busy reason=in_progress key=%s", source, event.key)
         retry_after = str(max(1, math.ceil(claim.retry_after)))
@@ -173,6 +175,33 @@ def _process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sour
         return Answer(500, reason)
     log.info("alipay %s processed kind=%s key=%s attempt=%d", source, event.kind, event.key, event.attempt)
     return SUCCESS
+
+
+def replay_flow(alipay: Alipay, stored: StoredEvent) -> Flow:
+    """Run an event already in the ledger through the claim -> order check -> hook -> done steps again.
+
+    The operator's ``replay``: a done event answers ``already_done`` without a call, a leased one
+    ``in_progress``, and the outcome is recorded as for a notification. The stored fields must still pass
+    what the notify checked before recording them: the signature (with this app's Alipay key, so a row
+    written into the database by hand cannot run a hook), the recipient, and the dedupe key they give
+    must be the stored one. The legacy origin check is not asked again: it passed when the event was
+    recorded, and Alipay answers it for a short while only.
+    """
+    protocol = alipay.protocol
+    try:
+        protocol.verify_notify(stored.fields, stored.charset)
+        problem = protocol.recipient_problem(stored.fields)
+        if problem is not None:
+            raise Rejection(problem)
+        event = protocol.event(stored.fields)
+        if event.key != stored.key:
+            raise Rejection("key_mismatch", 400, f"the fields give the key {event.key!r}")
+    except Rejection as rejection:
+        log.warning("alipay replay refused reason=%s key=%s%s", rejection.reason, stored.key,
+                    f" detail={rejection.detail}" if rejection.detail else "")
+        return Answer(rejection.status, rejection.reason)
+    answer = yield from _process(alipay, event, stored.raw_body or b"", stored.charset, "replay")
+    return answer
 
 
 def _release(ledger: Any, event: PaymentEvent, owner: str, error: str) -> Steps[None]:

@@ -297,10 +297,11 @@ def ledger_backend() -> str:
 def new_ledger(ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], Any]]:
     """``new_ledger()`` -> a fresh, empty ledger of this test's backend (its table dropped afterwards)."""
     tables: list[str] = []
+    counter = itertools.count()
 
     def _new() -> Any:
         if ledger_backend == "sqlite":
-            return f"sqlite:///{tmp_path / f'ledger{len(tables)}.sqlite3'}"
+            return f"sqlite:///{tmp_path / f'ledger{next(counter)}.sqlite3'}"
         from alipay_middleware.ledger.postgres import PostgresLedger
 
         url = request.getfixturevalue("postgres_url")

@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
-from .base import ALREADY_DONE, BUSY, CLAIMED, DONE, FAILED, RECEIVED, REJECTED, Claim, Ledger, StoredEvent
+import os
+from urllib.parse import unquote
+
+from .base import (
+    ALREADY_DONE,
+    BUSY,
+    CLAIMED,
+    DONE,
+    FAILED,
+    PRUNE_KEEP,
+    RECEIVED,
+    REJECTED,
+    Claim,
+    Ledger,
+    StoredEvent,
+)
 from .sqlite import SQLiteLedger
 
+_NAMES = ("schema", "table")
 
-def open_ledger(spec: str | Ledger) -> Ledger:
+
+def split_table_params(url: str) -> tuple[str, dict[str, str]]:
+    """``postgresql://...?table=t&schema=s`` -> the URL without them, and ``{"table": "t", "schema": "s"}``.
+
+    They name the ledger's table; libpq knows no such parameters, so they never reach it. Every other
+    parameter is kept exactly as written.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    kept, names = [], {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name in _NAMES:
+            names[name] = unquote(value)
+        elif part:
+            kept.append(part)
+    return base + ("?" + "&".join(kept) if kept else ""), names
+
+
+def open_ledger(spec: str | Ledger, *, create: bool = True) -> Ledger:
     """A ledger from ``"sqlite:///relative.sqlite3"``, ``"sqlite:////absolute/path"``, ``":memory:"``
-    (or ``"sqlite:///:memory:"``), ``"postgresql://user@host/db"`` (needs the ``postgres`` extra), or a
-    :class:`Ledger` instance passed through."""
+    (or ``"sqlite:///:memory:"``), ``"postgresql://user@host/db"`` (needs the ``postgres`` extra; add
+    ``?table=name`` and/or ``&schema=name`` for another table than ``public.alipay_events``), or a
+    :class:`Ledger` instance passed through.
+
+    ``create=False`` (the operator's tools) refuses a SQLite file or PostgreSQL table that does not
+    exist yet instead of creating an empty one: a mistyped path is an error, not an empty ledger.
+    """
     if isinstance(spec, Ledger):
         return spec
     if not isinstance(spec, str):
@@ -20,13 +61,17 @@ def open_ledger(spec: str | Ledger) -> Ledger:
         path = spec[len("sqlite:///"):]
         if not path:
             raise ValueError("ledger URL names no file: use sqlite:///alipay-ledger.sqlite3")
+        if not create and path != ":memory:" and not os.path.isfile(path):
+            raise ValueError(f"no SQLite ledger at {path!r} (relative paths start from {os.getcwd()!r})")
         return SQLiteLedger(path)
     if spec.startswith(("postgresql://", "postgres://")):
         try:
             from .postgres import PostgresLedger
         except ImportError as exc:
             raise ValueError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
-        return PostgresLedger(spec)
+        url, names = split_table_params(spec)
+        return PostgresLedger(url, schema=names.get("schema", "public"), table=names.get("table", "alipay_events"),
+                              create_schema=create)
     raise ValueError(
         f"unsupported ledger {spec.split('://')[0][:20]!r}: use 'sqlite:///path/to/file.sqlite3' (relative), "
         "'sqlite:////absolute/path.sqlite3', ':memory:' (tests only), 'postgresql://user@host/db', "
@@ -35,6 +80,6 @@ def open_ledger(spec: str | Ledger) -> Ledger:
 
 
 __all__ = [
-    "ALREADY_DONE", "BUSY", "CLAIMED", "DONE", "FAILED", "RECEIVED", "REJECTED",
-    "Claim", "Ledger", "SQLiteLedger", "StoredEvent", "open_ledger",
+    "ALREADY_DONE", "BUSY", "CLAIMED", "DONE", "FAILED", "PRUNE_KEEP", "RECEIVED", "REJECTED",
+    "Claim", "Ledger", "SQLiteLedger", "StoredEvent", "open_ledger", "split_table_params",
 ]

@@ -10,13 +10,19 @@ another app/seller, unknown order, wrong amount; a resend of an own-order event 
 
 All methods are blocking; the ASGI front calls them from a worker thread. Implementations raise
 :class:`~alipay_middleware.errors.LedgerUnavailable` when the store cannot be used.
+
+The operator's tools (``python -m alipay_middleware``) also use :meth:`Ledger.prune`,
+:meth:`Ledger.export` and :meth:`Ledger.import_events`. Both built-in ledgers implement them; a ledger of
+your own that does not simply cannot be pruned or migrated (they raise ``NotImplementedError``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 
 from ..events import PaymentEvent
 
@@ -25,6 +31,14 @@ DONE = "done"
 FAILED = "failed"
 REJECTED = "rejected"
 STATUSES = (RECEIVED, DONE, FAILED, REJECTED)
+
+#: What :meth:`Ledger.prune` keeps of a done event's fields: what it was (ids, amounts, times), not
+#: who paid (buyer ids and names, subject, body) nor the signature, which is gone with the raw body.
+PRUNE_KEEP = (
+    "app_id", "seller_id", "out_trade_no", "trade_no", "trade_status", "refund_status", "notify_id",
+    "notify_type", "notify_time", "total_amount", "total_fee", "refund_fee", "out_biz_no", "gmt_create",
+    "gmt_payment", "gmt_refund", "gmt_close",
+)
 
 CLAIMED = "claimed"
 ALREADY_DONE = "done"
@@ -42,7 +56,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """One ledger row, for operators and tests."""
+    """One ledger row, for operators and tests.
+
+    ``raw_body`` is None once the event was pruned (:meth:`Ledger.prune`). ``lease_owner`` and
+    ``lease_until`` are set while an event is ``received``: a live lease means a worker is running its
+    hook now; one past ``lease_until`` was abandoned and the next claim retakes it.
+    """
 
     key: str
     trade_key: str
@@ -60,6 +79,8 @@ class StoredEvent:
     attempts: int
     received_at: datetime
     updated_at: datetime
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
 
 
 class Ledger(ABC):
@@ -97,5 +118,47 @@ class Ledger(ABC):
                limit: int = 100) -> list[StoredEvent]:
         """Newest first, optionally filtered."""
 
+    # -- the operator's tools: not abstract, so that ledgers written before them keep working --------
+
+    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+        """Drop the raw body and all fields but :data:`PRUNE_KEEP` of ``done`` events last updated before
+        ``before`` (an aware datetime); their rows, keys and statuses stay, so dedupe holds forever.
+
+        Returns how many events were pruned (with ``dry_run``: would be). Already pruned events do not
+        count again.
+        """
+        raise _lacks(self, "prune", "prune")
+
+    def export(self, batch: int = 500) -> Iterator[StoredEvent]:
+        """Every row, oldest first, with all its columns (leases included), read ``batch`` rows per
+        transaction: no long transaction is held on a live ledger."""
+        raise _lacks(self, "export", "migrate")
+
+    def import_events(self, events: Iterable[StoredEvent], batch: int = 500) -> tuple[int, int]:
+        """Insert rows as they are (as given by :meth:`export`), ``batch`` rows per transaction; a row whose
+        key is already here is skipped and left untouched. Returns ``(inserted, skipped)``."""
+        raise _lacks(self, "import_events", "migrate")
+
     def close(self) -> None:  # noqa: B027 - optional for ledgers that hold nothing
         """Release connections. The ledger must not be used afterwards."""
+
+
+def _lacks(ledger: Ledger, method: str, command: str) -> NotImplementedError:
+    return NotImplementedError(f"{type(ledger).__name__} does not implement {method}(), which "
+                               f"'alipay-middleware {command}' needs")
+
+
+def check_aware(moment: datetime) -> datetime:
+    """``moment`` if it carries a time zone; a naive datetime would be read in the server's zone."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"expected a timezone-aware datetime, got {moment!r}")
+    return moment
+
+
+def chunks(items: Iterable[StoredEvent], size: int) -> Iterator[list[StoredEvent]]:
+    """``items`` in lists of at most ``size`` (itertools.batched is Python 3.12+)."""
+    if size < 1:
+        raise ValueError(f"batch must be at least 1, got {size!r}")
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

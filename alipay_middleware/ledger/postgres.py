@@ -19,6 +19,11 @@ in every transaction that takes more than one lock, so claims cannot deadlock ea
 2. the event's row (``SELECT ... FOR UPDATE``), which also orders a claim against a concurrent
    ``finish`` / ``fail`` / ``reject`` of the same event (those take the row lock only, one row each).
 
+The operator's tools keep to that order. ``import_events`` takes the trade locks of its batch first, in
+ascending key order (a claim holds at most one, so no cycle), then inserts the rows; ``prune`` takes no
+trade lock and only row locks of ``done`` events, in ``id`` order, a batch per transaction; ``export``
+only reads.
+
 Each transaction sets ``lock_timeout`` (``SET LOCAL``), so a lock held by a stuck session becomes
 :class:`~alipay_middleware.errors.LedgerUnavailable` (a retryable 503) instead of a hung request. Every
 psycopg error (server down, broken connection, lock timeout, a value PostgreSQL cannot store such as a
@@ -51,7 +56,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -74,11 +79,14 @@ from .base import (
     CLAIMED,
     DONE,
     FAILED,
+    PRUNE_KEEP,
     RECEIVED,
     REJECTED,
     Claim,
     Ledger,
     StoredEvent,
+    check_aware,
+    chunks,
 )
 
 # Index names are "<table>_<suffix>"; PostgreSQL silently truncates names past 63 bytes, and with
@@ -95,7 +103,9 @@ _INDEXES = {  # suffix -> columns
 _FIELDS = (
     "dedupe_key", "trade_key", "kind", "status", "out_trade_no", "trade_no", "trade_status", "notify_id",
     "charset", "raw_body", "fields", "reason", "error", "attempts", "received_at", "updated_at",
+    "lease_owner", "lease_until",
 )
+_PRUNE_BATCH = 500
 
 
 class ConnectionPoolLike(Protocol):
@@ -440,6 +450,43 @@ class PostgresLedger(Ledger):
             rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
         return [_stored(row) for row in rows]
 
+    # -- the operator's tools ---------------------------------------------------------------------
+
+    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+        cutoff = check_aware(before)
+        if dry_run:
+            with self._tx() as cur:
+                (count,) = _one(cur.execute(self._q.count_prunable, (DONE, cutoff)))
+            return int(count)
+        pruned = 0
+        while True:  # short transactions: resends of the events being pruned are not kept waiting
+            with self._tx() as cur:
+                batch = cur.execute(self._q.prune, (list(PRUNE_KEEP), DONE, cutoff, _PRUNE_BATCH)).rowcount
+            pruned += batch
+            if batch < _PRUNE_BATCH:
+                return pruned
+
+    def export(self, batch: int = 500) -> Iterator[StoredEvent]:
+        after = 0
+        while True:
+            with self._tx() as cur:
+                rows = cur.execute(self._q.export, (after, batch)).fetchall()
+            yield from (_stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def import_events(self, events: Iterable[StoredEvent], batch: int = 500) -> tuple[int, int]:
+        q = self._q
+        inserted = skipped = 0
+        for chunk in chunks(events, batch):
+            with self._tx() as cur:
+                for lock in sorted({q.lock_key(stored.trade_key) for stored in chunk}):  # trade locks first
+                    cur.execute(q.lock_trade, (lock,))
+                added = sum(cur.execute(q.insert_stored, _values(stored)).fetchone() is not None for stored in chunk)
+            inserted, skipped = inserted + added, skipped + len(chunk) - added
+        return inserted, skipped
+
     def close(self) -> None:
         """Close the connections this process opened (a pool passed in is left open: it is yours)."""
         pid = os.getpid()
@@ -466,6 +513,16 @@ def _row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tup
     )
 
 
+def _values(e: StoredEvent) -> tuple[Any, ...]:
+    """A stored event as the values of :data:`_FIELDS`."""
+    return (
+        e.key, e.trade_key, e.kind, e.status, e.out_trade_no, e.trade_no, e.trade_status, e.notify_id, e.charset,
+        e.raw_body, json.dumps(e.fields, ensure_ascii=False, sort_keys=True), e.reason, e.error, e.attempts,
+        check_aware(e.received_at), check_aware(e.updated_at), e.lease_owner,
+        check_aware(e.lease_until) if e.lease_until is not None else None,
+    )
+
+
 def _utc(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
@@ -476,6 +533,7 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
         trade_status=row[6], notify_id=row[7], charset=row[8],
         raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
         reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
+        lease_owner=row[16], lease_until=_utc(row[17]) if row[17] is not None else None,
     )
 
 
@@ -486,7 +544,7 @@ class _Queries:
         t = sql.Identifier(schema, table)
         self.qualified = t.as_string()
         self._lock_namespace = f"{schema}.{table}".encode()
-        columns = sql.SQL(", ").join(map(sql.Identifier, _FIELDS))
+        columns = sql.SQL(", ").join(map(sql.Identifier, _FIELDS[:16]))
         # fields as text, parsed here: the result does not depend on the JSON loaders a pool registers.
         selected = sql.SQL(", ").join(
             sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in _FIELDS
@@ -524,7 +582,19 @@ class _Queries:
         self.status = sql.SQL("SELECT status FROM {} WHERE dedupe_key = %s").format(t)
         self.select = sql.SQL("SELECT {} FROM {}").format(selected, t)
         self.get = sql.SQL("{} WHERE dedupe_key = %s").format(self.select)
-        self.probe = sql.SQL("SELECT {}, lease_owner, lease_until FROM {} WHERE false").format(selected, t)
+        self.probe = sql.SQL("SELECT {} FROM {} WHERE false").format(selected, t)
+        prunable = sql.SQL("status = %s AND updated_at < %s AND raw_body IS NOT NULL")
+        self.count_prunable = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(t, prunable)
+        self.prune = sql.SQL(
+            "UPDATE {} AS e SET raw_body = NULL, fields = COALESCE((SELECT jsonb_object_agg(f.key, f.value) "
+            "FROM jsonb_each(e.fields) AS f WHERE f.key = ANY(%s)), '{{}}'::jsonb) "
+            "WHERE e.id IN (SELECT id FROM {} WHERE {} ORDER BY id LIMIT %s FOR UPDATE)"
+        ).format(t, t, prunable)
+        self.export = sql.SQL("SELECT id, {} FROM {} WHERE id > %s ORDER BY id LIMIT %s").format(selected, t)
+        self.insert_stored = sql.SQL(
+            "INSERT INTO {} ({}, lease_owner, lease_until) VALUES ({}, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING 1"
+        ).format(t, columns, values)
 
     def lock_key(self, trade_key: str) -> int:
         """The advisory lock's 64-bit key; a collision only makes two trades wait for each other."""

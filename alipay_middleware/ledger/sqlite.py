@@ -16,7 +16,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any
@@ -29,11 +29,14 @@ from .base import (
     CLAIMED,
     DONE,
     FAILED,
+    PRUNE_KEEP,
     RECEIVED,
     REJECTED,
     Claim,
     Ledger,
     StoredEvent,
+    check_aware,
+    chunks,
 )
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -41,6 +44,9 @@ _COLUMNS = (
     "dedupe_key, trade_key, kind, status, out_trade_no, trade_no, trade_status, notify_id, charset, "
     "raw_body, fields, reason, error, attempts, received_at, updated_at"
 )
+_SELECTED = f"{_COLUMNS}, lease_owner, lease_until"
+_PRUNABLE = "status = ? AND updated_at < ? AND raw_body IS NOT NULL"
+_PRUNE_BATCH = 500
 
 
 def _utc(epoch: float) -> datetime:
@@ -241,11 +247,12 @@ class SQLiteLedger(Ledger):
             trade_status=row[6], notify_id=row[7], charset=row[8],
             raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
             reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
+            lease_owner=row[16], lease_until=_utc(row[17]) if row[17] is not None else None,
         )
 
     def get(self, key: str) -> StoredEvent | None:
         with self._tx(write=False) as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
+            row = db.execute(f"SELECT {_SELECTED} FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
         return self._stored(row) if row is not None else None
 
     def events(self, status: str | None = None, out_trade_no: str | None = None,
@@ -257,13 +264,56 @@ class SQLiteLedger(Ledger):
         if out_trade_no is not None:
             where.append("out_trade_no = ?")
             args.append(out_trade_no)
-        sql = f"SELECT {_COLUMNS} FROM {self.table}"
+        sql = f"SELECT {_SELECTED} FROM {self.table}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         with self._tx(write=False) as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
         return [self._stored(row) for row in rows]
+
+    # -- the operator's tools ---------------------------------------------------------------------
+
+    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+        t, cutoff = self.table, check_aware(before).timestamp()
+        if dry_run:
+            with self._tx(write=False) as db:
+                (count,) = db.execute(f"SELECT count(*) FROM {t} WHERE {_PRUNABLE}", (DONE, cutoff)).fetchone()
+            return int(count)
+        keep = ", ".join("?" * len(PRUNE_KEEP))
+        pruned = 0
+        while True:  # short transactions: resends of the events being pruned are not kept waiting
+            with self._tx() as db:
+                batch = db.execute(
+                    f"UPDATE {t} SET raw_body = NULL, fields = (SELECT json_group_object(key, value) "
+                    f"FROM json_each({t}.fields) WHERE key IN ({keep})) "
+                    f"WHERE id IN (SELECT id FROM {t} WHERE {_PRUNABLE} ORDER BY id LIMIT ?)",
+                    (*PRUNE_KEEP, DONE, cutoff, _PRUNE_BATCH),
+                ).rowcount
+            pruned += batch
+            if batch < _PRUNE_BATCH:
+                return pruned
+
+    def export(self, batch: int = 500) -> Iterator[StoredEvent]:
+        after = 0
+        while True:
+            with self._tx(write=False) as db:
+                rows = db.execute(f"SELECT id, {_SELECTED} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
+                                  (after, batch)).fetchall()
+            yield from (self._stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def import_events(self, events: Iterable[StoredEvent], batch: int = 500) -> tuple[int, int]:
+        inserted = skipped = 0
+        for chunk in chunks(events, batch):
+            with self._tx() as db:
+                added = sum(db.execute(
+                    f"INSERT INTO {self.table} ({_SELECTED}) VALUES ({', '.join('?' * 18)}) "
+                    "ON CONFLICT (dedupe_key) DO NOTHING", _values(stored)).rowcount for stored in chunk)
+            inserted, skipped = inserted + added, skipped + len(chunk) - added
+        return inserted, skipped
 
     def close(self) -> None:
         pid = os.getpid()
@@ -276,6 +326,16 @@ class SQLiteLedger(Ledger):
                         pass
             self._connections.clear()
         self._local = threading.local()
+
+
+def _values(e: StoredEvent) -> tuple[Any, ...]:
+    """A stored event as the values of :data:`_SELECTED`."""
+    return (
+        e.key, e.trade_key, e.kind, e.status, e.out_trade_no, e.trade_no, e.trade_status, e.notify_id, e.charset,
+        e.raw_body, json.dumps(e.fields, ensure_ascii=False, sort_keys=True), e.reason, e.error, e.attempts,
+        check_aware(e.received_at).timestamp(), check_aware(e.updated_at).timestamp(), e.lease_owner,
+        check_aware(e.lease_until).timestamp() if e.lease_until is not None else None,
+    )
 
 
 __all__ = ["SQLiteLedger", "RECEIVED", "DONE", "FAILED", "REJECTED"]

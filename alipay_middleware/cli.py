@@ -1,0 +1,462 @@
+"""The operator's command line: ``python -m alipay_middleware <command>`` (or ``alipay-middleware``).
+
+Look into the ledger (``list``, ``show``), run failed events' hooks again through the very steps of
+the notify path (``replay``), drop old raw bodies while keeping every dedupe key (``prune``), print or
+apply the PostgreSQL schema (``schema``) and copy a ledger into another (``migrate``). Every command
+reads the ledger from ``--ledger URL`` or, without it, from the ``ALIPAY_LEDGER`` environment variable;
+a PostgreSQL URL names its table with ``?table=`` (and ``&schema=``), as ``Alipay(ledger=...)`` does.
+
+Exit codes: 0 done, 1 something failed (an unknown key, a replayed hook that raised, an unreachable
+ledger), 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .core import Alipay
+from .drive import run_flow
+from .errors import AlipayError
+from .flow import INTERNAL_ERROR, Answer, replay_flow
+from .ledger import (
+    DONE,
+    FAILED,
+    RECEIVED,
+    REJECTED,
+    Ledger,
+    SQLiteLedger,
+    StoredEvent,
+    open_ledger,
+    split_table_params,
+)
+
+PROG = "alipay-middleware"
+LEDGER_HELP = (
+    "the ledger: sqlite:///relative/path.sqlite3, sqlite:////absolute/path.sqlite3 or "
+    "postgresql://user@host:5432/dbname, with ?table=NAME (and &schema=NAME) when the table is not "
+    "public.alipay_events. Default: the ALIPAY_LEDGER environment variable"
+)
+#: Alipay resends an unacknowledged notification about 8 times over 25 hours.
+MIN_PRUNE_DAYS = 2
+FOREIGN = "foreign:"  # the key prefix both ledgers give record_foreign's rows
+FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown")
+
+
+class CliError(Exception):
+    """A message for the operator, and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- ledgers ------------------------------------------------------------------------------------------
+
+def _given_ledger_url(args: argparse.Namespace) -> str | None:
+    url: str | None = args.ledger or os.environ.get("ALIPAY_LEDGER") or None
+    return url
+
+
+def _ledger_url(args: argparse.Namespace) -> str:
+    url = _given_ledger_url(args)
+    if url is None:
+        raise CliError("no ledger given: pass --ledger URL (e.g. sqlite:////srv/shop/alipay-ledger.sqlite3 or "
+                       "postgresql://shop@db/shop) or set the ALIPAY_LEDGER environment variable")
+    return url
+
+
+@contextmanager
+def _opened(url: str, *, create: bool = False) -> Iterator[Ledger]:
+    ledger = open_ledger(url, create=create)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+
+
+def _identity(ledger: Ledger) -> object:
+    """What makes two ledger objects the same store (a false "different" only costs skipped rows)."""
+    if isinstance(ledger, SQLiteLedger) and ledger.path != ":memory:":
+        return ("sqlite", os.path.realpath(ledger.path), ledger.table)
+    return repr(ledger)  # PostgresLedger: host, port, database, schema.table (never the password)
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+def _when(moment: datetime | None, *, precise: bool = False) -> str:
+    if moment is None:
+        return "-"
+    text = moment.astimezone(timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _oneline(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _lease(event: StoredEvent) -> str:
+    if event.lease_until is None:
+        return "-"
+    state = "live" if event.lease_until > datetime.now(timezone.utc) else "expired"
+    return f"{event.lease_owner} until {_when(event.lease_until)} ({state})"
+
+
+def _decode(raw: bytes, charset: str) -> str:
+    try:
+        return raw.decode(charset, errors="backslashreplace")
+    except LookupError:  # a charset name Python does not know: show the bytes, escaped
+        return raw.decode("ascii", errors="backslashreplace")
+
+
+def _as_json(event: StoredEvent) -> dict[str, Any]:
+    data: dict[str, Any] = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    raw = data.pop("raw_body")
+    data["raw_body_size"] = None if raw is None else len(raw)  # None: pruned
+    for name in ("received_at", "updated_at", "lease_until"):
+        data[name] = data[name].isoformat() if data[name] is not None else None
+    return data
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+# -- list, show ---------------------------------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise CliError("--limit must be 0 (no limit) or more")
+    with _opened(_ledger_url(args)) as ledger:
+        events = ledger.events(status=args.status, out_trade_no=args.order, limit=args.limit or -1)
+    if args.json:
+        for event in events:
+            print(json.dumps(_as_json(event), ensure_ascii=False))
+        return 0
+    if not events:
+        print("no events")
+        return 0
+    _print_table(
+        ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
+        [(e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at), _oneline(e.reason or ""))
+         for e in events],
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _opened(_ledger_url(args)) as ledger:
+        event = ledger.get(args.key)
+    if event is None:
+        raise CliError(f"no event with the key {args.key!r} in this ledger ('list' shows the keys)", code=1)
+    facts = [
+        ("key", event.key), ("trade_key", event.trade_key), ("kind", event.kind), ("status", event.status),
+        ("out_trade_no", event.out_trade_no), ("trade_no", event.trade_no), ("trade_status", event.trade_status),
+        ("notify_id", event.notify_id), ("charset", event.charset), ("attempts", str(event.attempts)),
+        ("received_at", _when(event.received_at, precise=True)),
+        ("updated_at", _when(event.updated_at, precise=True)), ("lease", _lease(event)),
+        ("reason", _oneline(event.reason or "-")),
+    ]
+    for name, value in facts:
+        print(f"{name + ':':<14}{value}")
+    print("fields:" if event.fields else "fields:       -")
+    for name in sorted(event.fields):
+        print(f"  {name} = {_oneline(event.fields[name])}")
+    print("error:" if event.error else "error:        -")
+    for line in (event.error or "").rstrip("\n").splitlines():
+        print(f"  {line}")
+    if event.raw_body is None:
+        print("raw body:     - (pruned)")
+    elif not args.raw:
+        print(f"raw body:     {len(event.raw_body)} bytes (--raw shows them)")
+    else:
+        print(f"raw body:     {len(event.raw_body)} bytes, decoded as {event.charset}:")
+        print(f"  {_decode(event.raw_body, event.charset)}")
+    return 0
+
+
+# -- replay ---------------------------------------------------------------------------------------------
+
+def _load_app(spec: str) -> Alipay:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CliError(f"--app must be MODULE:ATTRIBUTE, like myshop.payments:alipay (got {spec!r})")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as uvicorn and gunicorn do: the app's modules sit here
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # a module that the app imports is missing: the traceback says which
+        raise CliError(f"cannot import {module_name!r} (from {os.getcwd()}): {exc}") from None
+    for name in attribute.split("."):
+        if not hasattr(target, name):
+            raise CliError(f"{module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, name)
+    if not isinstance(target, Alipay):
+        raise CliError(f"{spec} is a {type(target).__name__}, not the app's Alipay object")
+    return target
+
+
+def _check_same_ledger(args: argparse.Namespace, app_ledger: Ledger) -> None:
+    """Replay runs on the app's own ledger: dedupe only holds within one ledger."""
+    url = _given_ledger_url(args)
+    if url is None:
+        return
+    with _opened(url) as named:
+        if _identity(named) != _identity(app_ledger):
+            raise CliError(f"--ledger (or ALIPAY_LEDGER) names {named!r}, but {args.app} records to "
+                           f"{app_ledger!r}. Replay runs on the app's own ledger, where its notifications are "
+                           "deduplicated: leave --ledger out or name that ledger")
+
+
+def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StoredEvent], list[str]]:
+    """The events to replay, oldest first (the order they were accepted in), and the unknown keys."""
+    if args.key:
+        found = {key: ledger.get(key) for key in dict.fromkeys(args.key)}
+        unknown = [key for key, event in found.items() if event is None]
+        selected = [event for event in found.values() if event is not None]
+    else:
+        statuses = [args.status] if args.status else [FAILED, RECEIVED]
+        # Messages for another app or seller (recorded under "foreign:...") are never ours to run.
+        selected = [event for status in statuses for event in ledger.events(status=status, limit=-1)
+                    if not event.key.startswith(FOREIGN)]
+        unknown = []
+    return sorted(selected, key=lambda event: event.received_at), unknown
+
+
+def _outcome(answer: Answer) -> str:
+    if answer.status == 200:
+        return "already_done" if answer.reason == "already_done" else "replayed"
+    if answer.reason == "in_progress":
+        return "busy"
+    if answer.reason == "ledger_unavailable":
+        return "unavailable"
+    return {409: "rejected", 500: "failed"}.get(answer.status, "refused")
+
+
+def _replay_one(alipay: Alipay, event: StoredEvent) -> str:
+    answer = run_flow(replay_flow(alipay, event), INTERNAL_ERROR)
+    outcome = _outcome(answer)
+    after = alipay.ledger.get(event.key)
+    attempts = after.attempts if after is not None else event.attempts
+    detail = {
+        "replayed": f"attempt={attempts}",
+        "already_done": "done before: not run again",
+        "busy": "a worker holds its lease now: not touched",
+        "failed": f"reason={answer.reason} attempt={attempts} (its traceback: show {event.key})",
+        "unavailable": "reason=ledger_unavailable",
+    }.get(outcome, f"reason={answer.reason}")
+    print(f"{outcome:<13}{event.key}  {detail}")
+    return outcome
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    alipay = _load_app(args.app)
+    try:
+        _check_same_ledger(args, alipay.ledger)
+        selected, unknown = _select(alipay.ledger, args)
+        for key in unknown:
+            print(f"{'unknown':<13}{key}  no such event in the app's ledger")
+        if not selected:
+            if not unknown:
+                print("nothing to replay")
+            return 1 if unknown else 0
+        if args.dry_run:
+            for event in selected:
+                live = event.lease_until is not None and event.lease_until > datetime.now(timezone.utc)
+                what = "already_done" if event.status == DONE else "busy" if live else "would_replay"
+                lease = f" lease={_lease(event)}" if event.lease_until is not None else ""
+                print(f"{what:<13}{event.key}  status={event.status} attempts={event.attempts}{lease}")
+            return 1 if unknown else 0
+        alipay.start()  # the same start-up warnings as the app's (no order_amount, no on_paid)
+        outcomes = [_replay_one(alipay, event) for event in selected] + ["unknown"] * len(unknown)
+    finally:
+        alipay.close()
+    counts = {name: outcomes.count(name) for name in dict.fromkeys(outcomes)}
+    print(", ".join(f"{count} {name}" for name, count in counts.items()))
+    return 1 if any(name in FAILING_OUTCOMES for name in outcomes) else 0
+
+
+# -- prune, schema, migrate ----------------------------------------------------------------------------
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than_days < MIN_PRUNE_DAYS:
+        raise CliError(f"--older-than-days must be at least {MIN_PRUNE_DAYS}: Alipay resends a notification for "
+                       "about 25 hours, and its raw body is the evidence while it does")
+    before = datetime.now(timezone.utc) - timedelta(days=args.older_than_days)
+    with _opened(_ledger_url(args)) as ledger:
+        if not args.yes:
+            count = ledger.prune(before, dry_run=True)
+            print(f"{count} done events last updated before {_when(before)} would be pruned: their raw bodies "
+                  "and buyer fields dropped; keys, statuses, ids and amounts kept. Run again with --yes to prune.")
+            return 0
+        count = ledger.prune(before)
+    print(f"pruned {count} done events last updated before {_when(before)}")
+    return 0
+
+
+def _agree(option: str, given: str | None, in_url: str | None) -> str | None:
+    if given is not None and in_url is not None and given != in_url:
+        raise CliError(f"--{option} {given!r} and the ledger URL's {option}={in_url!r} disagree")
+    return given if given is not None else in_url
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    try:
+        from .ledger.postgres import PostgresLedger, schema_sql
+    except ImportError as exc:
+        raise CliError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
+    url = _ledger_url(args) if args.apply else _given_ledger_url(args)
+    names: dict[str, str] = {}
+    if url is not None and url.startswith(("postgresql://", "postgres://")):
+        url, names = split_table_params(url)
+    elif args.apply:
+        raise CliError("schema --apply needs a PostgreSQL ledger: --ledger postgresql://user@host/dbname")
+    schema = _agree("schema", args.schema, names.get("schema")) or "public"
+    table = _agree("table", args.table, names.get("table")) or "alipay_events"
+    if not args.apply:
+        print(schema_sql(schema, table), end="")
+        return 0
+    ledger = PostgresLedger(url, schema=schema, table=table, create_schema=True)  # creates what is missing
+    ledger.close()
+    print(f"the ledger table {schema}.{table} and its indexes are in place ({ledger!r})")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    source_url = args.source or _ledger_url(args)
+    with _opened(source_url) as source, _opened(args.target, create=True) as target:
+        if _identity(source) == _identity(target):
+            raise CliError(f"--from and --to are the same ledger ({source!r})")
+        inserted, skipped = target.import_events(source.export())
+    print(f"copied {inserted} events from {source!r} to {target!r}; "
+          f"skipped {skipped} whose key was already there")
+    return 0
+
+
+# -- the parser -----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ledger", metavar="URL", help=LEDGER_HELP)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect and repair the ledger of alipay-middleware: the durable record of every verified "
+                    "Alipay callback, its status and its hook's outcome.",
+        epilog="Exit codes: 0 done, 1 something failed (unknown key, a replayed hook raised, ledger unreachable), "
+               "2 usage or configuration error. 'COMMAND --help' shows a command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], summary: str,
+                description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=summary, description=description)
+        sub.set_defaults(run=run)
+        return sub
+
+    listing = command("list", cmd_list, "events, newest first",
+                      "One line per event, newest first: key, kind, status, out_trade_no, attempts, updated_at "
+                      "(UTC), reason.")
+    listing.add_argument("--status", choices=(RECEIVED, DONE, FAILED, REJECTED), help="only events of this status")
+    listing.add_argument("--order", metavar="OUT_TRADE_NO", help="only the events of this order")
+    listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N events (default 50; 0: all)")
+    listing.add_argument("--json", action="store_true",
+                         help="one JSON object per line, every field but the raw body (raw_body_size: null once "
+                              "pruned)")
+
+    show = command("show", cmd_show, "one event, all its fields",
+                   "One event: every column, its decoded fields, its reason and error (the hook's traceback). "
+                   "Exit code 1 if the key is unknown.")
+    show.add_argument("key", metavar="KEY", help="the event's key, as 'list' shows it")
+    show.add_argument("--raw", action="store_true",
+                      help="also the raw body as received, decoded in its charset (undecodable bytes escaped)")
+
+    replay = command(
+        "replay", cmd_replay, "run failed events' hooks again",
+        "Run events through the notify path's own steps again (claim, order_amount check, hook, done) with "
+        "the app's hooks, on the app's own ledger. By default: every failed event, and every received one "
+        "(a live lease is left alone and reported busy; an expired one, whose worker died, is retaken). A "
+        "done event is never run again. The stored fields must still verify with the app's Alipay key. "
+        "One line per event: replayed, already_done, busy, failed, rejected (order check), refused "
+        "(signature, recipient) or unknown; exit code 1 if any failed, was rejected, refused or unknown. "
+        "--ledger is optional here; if given (or ALIPAY_LEDGER is set) it must name the app's ledger.")
+    replay.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                        help="the app's Alipay object, e.g. myshop.payments:alipay (imported from the current "
+                             "directory, as uvicorn does)")
+    which = replay.add_mutually_exclusive_group()
+    which.add_argument("--key", action="append", metavar="KEY", help="replay this event (repeatable)")
+    which.add_argument("--status", choices=(FAILED, RECEIVED, REJECTED),
+                       help="replay the events of this status only (rejected: the order check is made again)")
+    replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; run nothing")
+
+    prune = command(
+        "prune", cmd_prune, "drop old raw bodies, keep the keys",
+        "For done events last updated more than N days ago, drop the raw body and the fields that are not "
+        "needed to know what the event was (buyer ids, subject, signature); the row, its key, status, ids "
+        "and amounts stay forever, so a late resend (TRADE_FINISHED, a refund months later) is still "
+        "recognised. Without --yes, only says how many would be pruned.")
+    prune.add_argument("--older-than-days", type=int, required=True, metavar="N",
+                       help=f"at least {MIN_PRUNE_DAYS}: Alipay resends for about 25 hours")
+    prune.add_argument("--yes", action="store_true", help="prune (without it: count only)")
+
+    schema = command(
+        "schema", cmd_schema, "print (or apply) the PostgreSQL DDL",
+        "Print the SQL that creates the PostgreSQL ledger table and its indexes (idempotent), for an "
+        "administrator to run when the app's database user may not run DDL; with --apply, run it on --ledger. "
+        "The names default to the ledger URL's ?schema=/?table=, else public.alipay_events.")
+    schema.add_argument("--schema", metavar="S", help="the PostgreSQL schema (default public)")
+    schema.add_argument("--table", metavar="T", help="the table name (default alipay_events)")
+    schema.add_argument("--apply", action="store_true", help="create what is missing on --ledger postgresql://...")
+
+    migrate = command(
+        "migrate", cmd_migrate, "copy every event into another ledger",
+        "Copy every event (all columns: raw bytes, fields, statuses, attempts, leases, timestamps, reason, "
+        "error) from one ledger into another, oldest first; the target is created if missing. Rows whose "
+        "key is already in the target are skipped (not updated) and counted, so running it again is safe. Stop the app "
+        "(or point it at the target) first, or events recorded meanwhile stay behind until the next run.")
+    migrate.add_argument("--from", dest="source", metavar="URL",
+                         help="the ledger to copy (default: --ledger, then ALIPAY_LEDGER)")
+    migrate.add_argument("--to", dest="target", metavar="URL", required=True, help="the ledger to copy into")
+    return parser
+
+
+def _tolerant(stream: Any) -> None:
+    """A terminal that cannot show a character gets an escape, not a UnicodeEncodeError."""
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _tolerant(sys.stdout)
+    _tolerant(sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.run(args)
+    except CliError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except ValueError as exc:  # a bad ledger URL, an unreachable server, a missing table or file
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except AlipayError as exc:  # LedgerUnavailable while working
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m alipay_middleware runs __main__.py
+    raise SystemExit(main())
