@@ -13,8 +13,18 @@ See the README for the hook contract, the answers the notify path gives and the 
 
 from typing import TYPE_CHECKING, Any
 
+from .client import AlipayClient, AsyncAlipayClient, CloseResult, RefundQuery, RefundResult, TradeQuery
 from .core import Alipay
-from .errors import AlipayError, GatewayUnavailable, LedgerUnavailable, Rejection
+from .errors import (
+    AlipayApiError,
+    AlipayError,
+    GatewayUnavailable,
+    LedgerUnavailable,
+    OutcomeUnknown,
+    Rejection,
+    ResponseError,
+    ResponseMismatch,
+)
 from .events import PaymentEvent, ReturnResult
 from .ledger import Ledger, SQLiteLedger, StoredEvent
 from .legacy import LEGACY_GATEWAY, LegacyConfig
@@ -28,22 +38,32 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Alipay",
+    "AlipayApiError",
     "AlipayASGIMiddleware",
+    "AlipayClient",
     "AlipayError",
     "AlipayWSGIMiddleware",
+    "AsyncAlipayClient",
+    "CloseResult",
     "GatewayUnavailable",
     "LEGACY_GATEWAY",
     "Ledger",
     "LedgerUnavailable",
     "LegacyConfig",
     "OpenApiConfig",
+    "OutcomeUnknown",
     "PaymentEvent",
     "PRODUCTION_GATEWAY",
+    "RefundQuery",
+    "RefundResult",
     "Rejection",
+    "ResponseError",
+    "ResponseMismatch",
     "ReturnResult",
     "SANDBOX_GATEWAY",
     "SQLiteLedger",
     "StoredEvent",
+    "TradeQuery",
 ]
 
 

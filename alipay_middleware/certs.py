@@ -14,6 +14,7 @@ not parse, are skipped, as the official SDKs do.
 Nothing here checks a certificate's validity, chain or dates: these functions only *identify*
 certificates. The trust decision is the signature check with the key from :func:`public_key_from_cert`.
 Parsing uses pycryptodome's small DER reader; errors are :class:`ValueError` naming the setting.
+:func:`load_certificate_mode` reads the three settings of certificate mode at once and cross-checks them.
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerInteger, DerObject, DerObjectId, DerSequence, DerSetOf
 
-__all__ = ["cert_sn", "escape_dn_value", "public_key_from_cert", "root_cert_sn"]
+from .keys import same_key
+
+__all__ = [
+    "CertificateMode",
+    "cert_sn",
+    "escape_dn_value",
+    "load_certificate_mode",
+    "public_key_from_cert",
+    "root_cert_sn",
+]
 
 RSA_SIGNATURE_OID = "1.2.840.113549.1.1"
 
@@ -104,6 +115,57 @@ def public_key_from_cert(pem_or_der: str | bytes, setting: str = "alipay_public_
         raise ValueError(f"{setting} is a certificate, but not for an RSA key") from None
 
 
+@dataclass(frozen=True)
+class CertificateMode:
+    """What certificate mode needs at run time, read once from the three certificate texts."""
+
+    app_cert_sn: str
+    alipay_cert_sn: str
+    alipay_root_cert_sn: str
+    alipay_public_key: RSA.RsaKey = field(repr=False, compare=False)
+
+
+def load_certificate_mode(
+    app_cert: str | bytes, alipay_cert: str | bytes, alipay_root_cert: str | bytes, app_key: RSA.RsaKey
+) -> CertificateMode:
+    """Read the certificates of certificate mode and check they belong together.
+
+    ``app_key`` is the app's private key. Refused, each with a :class:`ValueError` that says which file is
+    wrong: an ``app_cert`` that is not the certificate of ``app_key``, an ``alipay_cert`` that holds the
+    app's own key (the two files swapped, or the app's certificate given twice), and an
+    ``alipay_root_cert`` that holds ``app_cert`` or ``alipay_cert`` instead of Alipay's root certificates.
+    """
+    own = app_key.public_key()
+    app_public = public_key_from_cert(app_cert, "app_cert")
+    alipay_public = public_key_from_cert(alipay_cert, "alipay_cert")
+    if same_key(alipay_public, own):
+        if not same_key(app_public, own):
+            raise ValueError("app_cert and alipay_cert are swapped: alipay_cert holds your app's key")
+        raise ValueError(
+            "alipay_cert is your app's own certificate (its key matches app_private_key). Configure Alipay's "
+            "public key certificate, alipayCertPublicKey_RSA2.crt"
+        )
+    if not same_key(app_public, own):
+        raise ValueError(
+            "app_cert is not the certificate of app_private_key: configure the appCertPublicKey_<app_id>.crt "
+            "issued for this key (or the private key its certificate request was made with)"
+        )
+    mode = CertificateMode(
+        app_cert_sn=cert_sn(app_cert, "app_cert"),
+        alipay_cert_sn=cert_sn(alipay_cert, "alipay_cert"),
+        alipay_root_cert_sn=root_cert_sn(alipay_root_cert, "alipay_root_cert"),
+        alipay_public_key=alipay_public,
+    )
+    roots = mode.alipay_root_cert_sn.split("_")
+    for setting, sn in (("app_cert", mode.app_cert_sn), ("alipay_cert", mode.alipay_cert_sn)):
+        if sn in roots:
+            raise ValueError(
+                f"alipay_root_cert holds the {setting} certificate; configure Alipay's root certificates, "
+                "alipayRootCert.crt"
+            )
+    return mode
+
+
 def escape_dn_value(value: str) -> str:
     """Escape an attribute value for an RFC 4514 string (section 2.4).
 
@@ -138,11 +200,25 @@ class _Certificate:
 
 
 def _as_pem_text(data: str | bytes, setting: str) -> str:
+    if isinstance(data, os.PathLike):
+        raise TypeError(f"{setting} is a path; pass the certificate's text, e.g. Path(...).read_text()")
     if isinstance(data, bytes):
-        return data.decode("ascii", "replace")
-    if not isinstance(data, str):
+        text = data.decode("ascii", "replace")
+    elif isinstance(data, str):
+        text = data
+    else:
         raise TypeError(f"{setting} must be the certificate text (str) or bytes, not {type(data).__name__}")
-    return data
+    if _looks_like_path(text):
+        raise ValueError(f"{setting} looks like a file path; pass the certificate's text, e.g. open(path).read()")
+    return text
+
+
+def _looks_like_path(text: str) -> bool:
+    candidate = text.strip()
+    if not candidate or "\n" in candidate or "-----" in candidate:
+        return False
+    # os.path.exists is False (never an error) for names too long or holding NUL.
+    return candidate.lower().endswith((".crt", ".cer", ".pem")) or os.path.exists(candidate)
 
 
 def _first_der(pem_or_der: str | bytes, setting: str) -> bytes:

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
@@ -19,6 +20,7 @@ from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
     from .asgi import AlipayASGIMiddleware
+    from .client import AlipayClient, AsyncAlipayClient
     from .legacy import LegacyConfig
     from .openapi import OpenApiConfig
     from .wsgi import AlipayWSGIMiddleware
@@ -171,6 +173,21 @@ class Alipay:
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(self.hook_threads, thread_name_prefix="alipay")
         return self._executor
+
+    @cached_property
+    def client(self) -> AlipayClient:
+        """Query, refund and close trades (an :class:`~alipay_middleware.client.AlipayClient`, made on
+        first use). Open Platform only: for a ``LegacyConfig`` this raises TypeError."""
+        from .client import AlipayClient
+
+        return AlipayClient(self)
+
+    @cached_property
+    def aclient(self) -> AsyncAlipayClient:
+        """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
+        from .client import AsyncAlipayClient
+
+        return AsyncAlipayClient(self)
 
     def close(self) -> None:
         if self._executor is not None:

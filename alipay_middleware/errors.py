@@ -48,3 +48,73 @@ class ResponseError(AlipayError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class ResponseMismatch(ResponseError):
+    """A correctly signed gateway response that answers another question: another trade or another refund
+    request than the one asked about (``reason`` is ``response_mismatch``). Alipay's responses carry no
+    nonce, so this is what a replayed old response looks like; it is never returned as data.
+    """
+
+
+class AlipayApiError(AlipayError):
+    """Alipay answered, and the answer is not a success: a business failure (``code`` ``40004`` with a
+    ``sub_code`` such as ``ACQ.TRADE_STATUS_ERROR``), a gateway error (``40002``, ``20001``, ...), or
+    ``20000`` for a call that does not move money.
+
+    ``verified`` is False for an unsigned ``error_response``: anyone on the path could have written it, so
+    it only ever means "this call did not succeed", never evidence about the trade.
+    """
+
+    def __init__(self, method: str, code: str, msg: str = "", sub_code: str = "", sub_msg: str = "",
+                 *, verified: bool = True) -> None:
+        text = f"{method} failed: code={code} msg={msg[:100]}"
+        if sub_code:
+            text += f" sub_code={sub_code[:100]} sub_msg={sub_msg[:200]}"
+        if not verified:
+            text += " (unsigned error_response)"
+        super().__init__(text)
+        self.method = method
+        self.code = code
+        self.msg = msg
+        self.sub_code = sub_code
+        self.sub_msg = sub_msg
+        self.verified = verified
+
+
+class OutcomeUnknown(AlipayError):
+    """A call that moves money (a refund) got no trustworthy answer: it may or may not have happened.
+
+    Never treat it as a failure and never retry with a *new* request number. Ask first
+    (``refund_query`` with the same ``out_request_no``), then, if the refund is not there, call again
+    with the same ``out_request_no``, which Alipay deduplicates. Deliberately not an
+    :class:`AlipayApiError`, so a handler written for "Alipay said no" does not swallow "we don't know".
+
+    ``reason`` is stable: ``service_unavailable`` (code 20000), ``system_error`` (``ACQ.SYSTEM_ERROR``),
+    ``unsigned_error`` (an unsigned ``error_response``), ``timeout``, ``connection_lost``, ``http_error``
+    (a non-200 status after the request was sent), ``unverifiable_response`` (the answer failed
+    verification; the :class:`ResponseError` is ``__cause__``), ``unconfirmed`` (``fund_change=N`` and the
+    confirming ``refund_query`` could not be asked). ``code``/``msg``/``sub_code``/``sub_msg`` are set when
+    the gateway answered.
+    """
+
+    def __init__(self, method: str, reason: str, detail: str = "", *, code: str = "", msg: str = "",
+                 sub_code: str = "", sub_msg: str = "", out_trade_no: str | None = None,
+                 trade_no: str | None = None, out_request_no: str | None = None) -> None:
+        text = f"{method} outcome unknown ({reason})"
+        if detail:
+            text += f": {detail}"
+        if code:
+            text += f" code={code} sub_code={sub_code[:100]}"
+        text += "; query (refund_query) before retrying, and retry only with the same out_request_no"
+        super().__init__(text)
+        self.method = method
+        self.reason = reason
+        self.detail = detail
+        self.code = code
+        self.msg = msg
+        self.sub_code = sub_code
+        self.sub_msg = sub_msg
+        self.out_trade_no = out_trade_no
+        self.trade_no = trade_no
+        self.out_request_no = out_request_no

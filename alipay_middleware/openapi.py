@@ -6,7 +6,9 @@ Facts this module relies on (see the project's protocol reference):
 - callbacks verify under rule V1 (``sign`` and ``sign_type`` left out) and, for some gateway messages,
   rule V2 (only ``sign`` left out); the browser return verifies under V1 only;
 - refunds arrive at the payment's notify_url with ``refund_fee``/``gmt_refund``/``out_biz_no`` and must
-  never be taken for a payment; ``TRADE_CLOSED`` with a refund is a full refund, not a closed order.
+  never be taken for a payment; ``TRADE_CLOSED`` with a refund is a full refund, not a closed order;
+- in certificate mode (公钥证书模式) every request also carries ``app_cert_sn`` and ``alipay_root_cert_sn``,
+  both signed; callbacks verify with the key inside Alipay's certificate, exactly as in key mode.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from Crypto.PublicKey import RSA
 
+from .certs import load_certificate_mode
 from .errors import Rejection
 from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, render_form
@@ -50,18 +53,33 @@ def check_gateway(url: str) -> str:
     return url
 
 
+_CERT_SETTINGS = ("app_cert", "alipay_cert", "alipay_root_cert")
+
+
 @dataclass(frozen=True)
 class OpenApiConfig:
-    """An Open Platform app. Keys are parsed (and cross-checked) when this object is built."""
+    """An Open Platform app. Keys and certificates are parsed (and cross-checked) when this is built.
+
+    Key mode: ``alipay_public_key``. Certificate mode (公钥证书模式): ``app_cert``, ``alipay_cert`` and
+    ``alipay_root_cert`` (the text of appCertPublicKey_<app_id>.crt, alipayCertPublicKey_RSA2.crt and
+    alipayRootCert.crt); Alipay's key then comes from ``alipay_cert``, and ``app_cert_sn``,
+    ``alipay_cert_sn`` and ``alipay_root_cert_sn`` are set (they are None in key mode).
+    """
 
     app_id: str
     app_private_key: str = field(repr=False)
-    alipay_public_key: str = field(repr=False)
+    alipay_public_key: str | None = field(default=None, repr=False)
     sign_type: str = "RSA2"
     gateway: str = PRODUCTION_GATEWAY
     seller_id: str | None = None
     notify_url: str | None = None
     return_url: str | None = None
+    app_cert: str | None = field(default=None, repr=False)
+    alipay_cert: str | None = field(default=None, repr=False)
+    alipay_root_cert: str | None = field(default=None, repr=False)
+    app_cert_sn: str | None = field(init=False, default=None, compare=False)
+    alipay_cert_sn: str | None = field(init=False, default=None, compare=False)
+    alipay_root_cert_sn: str | None = field(init=False, default=None, compare=False)
     _private: RSA.RsaKey = field(init=False, repr=False, compare=False)
     _public: RSA.RsaKey = field(init=False, repr=False, compare=False)
 
@@ -80,7 +98,7 @@ class OpenApiConfig:
         if self.return_url is not None:
             check_callback_url(self.return_url, "return_url")
         private = load_private_key(self.app_private_key, "app_private_key")
-        public = load_public_key(self.alipay_public_key, "alipay_public_key")
+        public = self._certificate_mode(private) if self.cert_mode else self._key_mode()
         if same_key(private.public_key(), public):
             raise ValueError(
                 "alipay_public_key is your app's own public key (it matches app_private_key). Configure "
@@ -88,6 +106,39 @@ class OpenApiConfig:
             )
         object.__setattr__(self, "_private", private)
         object.__setattr__(self, "_public", public)
+
+    @property
+    def cert_mode(self) -> bool:
+        """True when any certificate is configured (``__post_init__`` then insists on all three)."""
+        return any(getattr(self, name) is not None for name in _CERT_SETTINGS)
+
+    def _key_mode(self) -> RSA.RsaKey:
+        if self.alipay_public_key is None:
+            raise ValueError(
+                "alipay_public_key is missing: give Alipay's public key (key mode), or app_cert, alipay_cert "
+                "and alipay_root_cert (certificate mode)"
+            )
+        return load_public_key(self.alipay_public_key, "alipay_public_key")
+
+    def _certificate_mode(self, private: RSA.RsaKey) -> RSA.RsaKey:
+        if self.app_cert is None or self.alipay_cert is None or self.alipay_root_cert is None:
+            missing = " and ".join(name for name in _CERT_SETTINGS if getattr(self, name) is None)
+            raise ValueError(
+                f"certificate mode needs app_cert, alipay_cert and alipay_root_cert; {missing} missing"
+            )
+        mode = load_certificate_mode(self.app_cert, self.alipay_cert, self.alipay_root_cert, private)
+        if self.alipay_public_key is not None:
+            # Tolerated when it agrees (a half-done migration), since the key then comes from alipay_cert.
+            configured = load_public_key(self.alipay_public_key, "alipay_public_key")
+            if not same_key(configured, mode.alipay_public_key):
+                raise ValueError(
+                    "alipay_public_key is not the key in alipay_cert; in certificate mode leave "
+                    "alipay_public_key out (Alipay's key is read from alipay_cert)"
+                )
+        object.__setattr__(self, "app_cert_sn", mode.app_cert_sn)
+        object.__setattr__(self, "alipay_cert_sn", mode.alipay_cert_sn)
+        object.__setattr__(self, "alipay_root_cert_sn", mode.alipay_root_cert_sn)
+        return mode.alipay_public_key
 
     def protocol(self) -> OpenApiProtocol:
         return OpenApiProtocol(self)
@@ -201,6 +252,9 @@ class OpenApiProtocol(Protocol):
             params["notify_url"] = notify_url
         if return_url:
             params["return_url"] = return_url
+        if self.config.app_cert_sn is not None and self.config.alipay_root_cert_sn is not None:
+            params["app_cert_sn"] = self.config.app_cert_sn
+            params["alipay_root_cert_sn"] = self.config.alipay_root_cert_sn
         signed = {k: params[k] for k in sorted(params)}  # sorted, sign last: URLs read like the sign string
         signed["sign"] = self.signer.sign(sign_string(params).encode("utf-8"))
         return signed
