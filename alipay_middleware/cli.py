@@ -290,6 +290,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if any(name in FAILING_OUTCOMES for name in outcomes) else 0
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    alipay = _load_app(args.app)
+    try:
+        _check_same_ledger(args, alipay.ledger)
+        alipay.start()
+        try:
+            results = alipay.reconcile(older_than_minutes=args.older_than_minutes)
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        alipay.close()
+    for result in results:
+        print(f"{result.outcome:<13}{result.out_trade_no}  trade_status={result.trade_status or '-'}")
+    counts = {name: [r.outcome for r in results].count(name) for name in dict.fromkeys(r.outcome for r in results)}
+    print(", ".join(f"{count} {name}" for name, count in counts.items()) or "no pending orders")
+    quiet = {"processed", "already_paid", "already_done", "in_progress", "not_paid"}
+    return 1 if any(r.outcome not in quiet for r in results) else 0
+
+
 # -- prune, schema, migrate ----------------------------------------------------------------------------
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -401,6 +420,18 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--status", choices=(FAILED, RECEIVED, REJECTED),
                        help="replay the events of this status only (rejected: the order check is made again)")
     replay.add_argument("--dry-run", action="store_true", help="list what would be replayed; run nothing")
+
+    reconcile = command(
+        "reconcile", cmd_reconcile, "ask Alipay about pending orders",
+        "For every order the app's @alipay.pending_orders lists as unpaid and older than N minutes, query "
+        "Alipay (alipay.trade.query) and feed confirmed payments and unpaid closes through the app's hooks, "
+        "with the notify path's dedupe: safe from cron on every host at once. One line per order: "
+        "processed, already_paid, already_done, in_progress, not_paid, error or a refusal reason; exit code 1 "
+        "on error or refusal. --ledger is optional; if given it must name the app's ledger.")
+    reconcile.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                           help="the app's Alipay object, e.g. myshop.payments:alipay")
+    reconcile.add_argument("--older-than-minutes", type=float, default=15.0, metavar="N",
+                           help="only orders created more than N minutes ago (default 15)")
 
     prune = command(
         "prune", cmd_prune, "drop old raw bodies, keep the keys",

@@ -11,11 +11,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
-from .flow import Flow, Steps, notify_flow, return_flow
+from .flow import Confirmation, Flow, Steps, confirm_flow, notify_flow, return_flow
 from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class Alipay:
     ``trusted_proxies``: how many proxies in front of the app append to ``X-Forwarded-For``; the
     customer's address (the legacy ``exter_invoke_ip``) is read that many hops from the right. 0 (the
     default) ignores the header, which anyone can write.
+    ``confirm_returns``: Open Platform only. On a verified return for a trade not yet known paid, ask
+    Alipay (``alipay.trade.query``); a paid answer runs ``on_paid`` through the same ledger and dedupe as
+    the notify, so the page can say "paid" at once and the hook still runs once.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class Alipay:
         lease_seconds: float = 600.0,
         hook_threads: int = 8,
         trusted_proxies: int = 0,
+        confirm_returns: bool = False,
     ) -> None:
         protocol_factory = getattr(config, "protocol", None)
         if protocol_factory is None:
@@ -69,8 +74,14 @@ class Alipay:
             raise ValueError(f"hook_threads must be between 1 and 256, got {hook_threads!r}")
         if isinstance(trusted_proxies, bool) or not isinstance(trusted_proxies, int) or not 0 <= trusted_proxies <= 16:
             raise ValueError(f"trusted_proxies must be the number of proxy hops (0-16), got {trusted_proxies!r}")
+        if not isinstance(confirm_returns, bool):
+            raise TypeError("confirm_returns must be True or False")
         self.config = config
         self.protocol = protocol_factory()
+        if confirm_returns and getattr(self.protocol, "query_event", None) is None:
+            raise ValueError("confirm_returns is for the Open Platform: a legacy return carries its trade "
+                             "status and already runs on_paid when it says paid")
+        self.confirm_returns = confirm_returns
         self.notify_path = notify_path
         self.return_path = return_path
         self.max_body = max_body
@@ -80,6 +91,7 @@ class Alipay:
         self.ledger = open_ledger(ledger)
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.order_amount_fn: Callable[..., Any] | None = None
+        self.pending_orders_fn: Callable[..., Any] | None = None
         self._started = False
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -99,6 +111,16 @@ class Alipay:
         if self.order_amount_fn is not None:
             raise ValueError("order_amount is already registered; one function answers for all orders")
         self.order_amount_fn = fn
+        return fn
+
+    def pending_orders(self, fn: F) -> F:
+        """Register ``(created_before: datetime) -> Iterable[str]``: out_trade_nos of your orders still
+        awaiting payment that were created before that (aware, UTC) moment, for :meth:`reconcile`.
+        Sync, or ``async def`` returning a list."""
+        _check_callable(fn, "pending_orders")
+        if self.pending_orders_fn is not None:
+            raise ValueError("pending_orders is already registered")
+        self.pending_orders_fn = fn
         return fn
 
     def on_paid(self, fn: F) -> F:
@@ -188,6 +210,30 @@ class Alipay:
         from .client import AsyncAlipayClient
 
         return AsyncAlipayClient(self)
+
+    def reconcile(self, older_than_minutes: float = 15.0) -> list[Confirmation]:
+        """Ask Alipay about every order ``pending_orders`` lists as older than ``older_than_minutes``, and
+        feed confirmed payments and unpaid closes through the same hooks and dedupe as the notify.
+
+        For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
+        run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
+        returns one :class:`~alipay_middleware.flow.Confirmation` per order.
+        """
+        from .drive import await_if_needed, run_flow
+
+        if self.pending_orders_fn is None:
+            raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
+        if getattr(self.protocol, "query_event", None) is None:
+            raise RuntimeError("reconcile is for the Open Platform (it needs alipay.trade.query)")
+        if not 0 <= older_than_minutes <= 60 * 24 * 365:
+            raise ValueError(f"older_than_minutes must be between 0 and a year, got {older_than_minutes!r}")
+        cutoff = datetime.now(timezone.utc) - timedelta(minutes=older_than_minutes)
+        pending = await_if_needed(self.pending_orders_fn(cutoff))
+        results = []
+        for out_trade_no in pending:
+            fallback = Confirmation(str(out_trade_no), None, None, "internal_error")
+            results.append(run_flow(confirm_flow(self, str(out_trade_no), "reconcile"), fallback))
+        return results
 
     def close(self) -> None:
         if self._executor is not None:

@@ -28,6 +28,11 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def await_if_needed(result: Any) -> Any:
+    """A user function's result, run to completion if it is awaitable (an ``async def`` function)."""
+    return async_to_sync(_await)(result) if inspect.isawaitable(result) else result
+
+
 def run_flow(flow: Steps[T], fallback: T) -> T:
     """Drive the flow with blocking calls (the WSGI request thread, or a worker thread under ASGI).
 
@@ -53,9 +58,7 @@ def _drive(flow: Steps[T]) -> T:
             return outcome
         result, error = None, None
         try:
-            result = call.fn(*call.args)
-            if inspect.isawaitable(result):
-                result = async_to_sync(_await)(result)
+            result = await_if_needed(call.fn(*call.args))
         except Exception as exc:
             error = exc
 

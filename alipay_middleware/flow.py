@@ -19,6 +19,8 @@ and notify comes first runs ``on_paid``, the other finds it done (or busy) in th
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import traceback
@@ -26,7 +28,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import GatewayUnavailable, LedgerUnavailable, Rejection
+from .errors import AlipayError, GatewayUnavailable, LedgerUnavailable, Rejection
 from .events import CLOSED, PAID, PaymentEvent, ReturnResult
 from .ledger.base import ALREADY_DONE, BUSY, StoredEvent
 from .outbound import http_get
@@ -216,12 +218,53 @@ def _unavailable(source: str, event: PaymentEvent, exc: Exception) -> Answer:
     return Answer(503, "ledger_unavailable")
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """What asking Alipay about one trade found and did (confirmation on return, reconciliation).
+
+    ``paid``: True when Alipay says paid (or the ledger already has the payment), False when it says
+    not paid, None when it could not be asked. ``outcome``: ``already_paid`` (known, not asked),
+    ``processed`` (the hook ran now), ``already_done``, ``in_progress`` (another worker holds the
+    trade), ``not_paid``, ``error`` (Alipay could not be asked or answered an error), or the notify
+    path's reason for a refusal or failure (``amount_mismatch``, ``hook_failed``, ...).
+    """
+
+    out_trade_no: str
+    trade_status: str | None
+    paid: bool | None
+    outcome: str
+
+
+def confirm_flow(alipay: Alipay, out_trade_no: str, source: str) -> Steps[Confirmation]:
+    """Query the trade and feed what the verified answer proves (paid, or closed unpaid) through the
+    notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once."""
+    protocol = alipay.protocol
+    query_event = getattr(protocol, "query_event", None)
+    if query_event is None:
+        return Confirmation(out_trade_no, None, None, "unsupported")
+    try:
+        if (yield Call(alipay.ledger.is_done, (protocol.key(PAID, out_trade_no),))):
+            return Confirmation(out_trade_no, None, True, "already_paid")
+        query = yield Call(functools.partial(alipay.client.query, out_trade_no=out_trade_no), ())
+    except AlipayError as exc:
+        log.warning("alipay %s error out_trade_no=%s error=%s: %s", source, out_trade_no, type(exc).__name__, exc)
+        return Confirmation(out_trade_no, None, None, "error")
+    event = query_event(query)
+    if event is None:
+        return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
+    raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")
+    answer = yield from _process(alipay, event, raw, "utf-8", source)
+    outcome = "processed" if answer is SUCCESS else answer.reason
+    return Confirmation(out_trade_no, query.trade_status, event.kind == PAID, outcome)
+
+
 def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult | None]:
     """Verify a browser return; None when it does not verify, is not for us, or is not a GET (Alipay
     sends the browser back with GET; anything else is not Alipay's return).
 
     A return that proves a payment by itself (legacy: origin-checked, ``TRADE_SUCCESS``/``FINISHED``)
-    goes through the notify's claim-check-hook steps before the shop's page sees it. Their outcome
+    goes through the notify's claim-check-hook steps before the shop's page sees it. With
+    ``Alipay(confirm_returns=True)`` an Open Platform return asks Alipay (``confirm_flow``) instead. Their outcome
     does not change what the page gets: a hook that fails or is busy elsewhere is retried by the
     notify, which Alipay keeps sending until it gets ``success``.
     """
@@ -243,4 +286,8 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
         return None
     if event is not None and event.kind == PAID:
         yield from _process(alipay, event, query, charset, "return")
+    elif alipay.confirm_returns and result.paid is None and result.out_trade_no:
+        confirmation = yield from confirm_flow(alipay, result.out_trade_no, "confirm")
+        result = replace(result, paid=confirmation.paid,
+                         trade_status=confirmation.trade_status or result.trade_status)
     return result
