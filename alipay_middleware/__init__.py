@@ -24,10 +24,12 @@ from .errors import (
     Rejection,
     ResponseError,
     ResponseMismatch,
+    UnsupportedCall,
 )
 from .events import PaymentEvent, ReturnResult
 from .ledger import Ledger, SQLiteLedger, StoredEvent
 from .legacy import LEGACY_GATEWAY, LegacyConfig
+from .legacy_client import LegacyClient
 from .openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ __all__ = [
     "LEGACY_GATEWAY",
     "Ledger",
     "LedgerUnavailable",
+    "LegacyClient",
     "LegacyConfig",
     "OpenApiConfig",
     "OutcomeUnknown",
@@ -64,6 +67,7 @@ __all__ = [
     "SQLiteLedger",
     "StoredEvent",
     "TradeQuery",
+    "UnsupportedCall",
 ]
 
 

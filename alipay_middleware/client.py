@@ -25,6 +25,10 @@ Money safety, up front:
   with a short backoff, and only on network trouble: a refused or reset connection, a timeout, an HTTP
   5xx. Never on an answer from Alipay (a business error, ``20000``) or on a verification failure.
 
+For a legacy merchant (``LegacyConfig``), ``alipay.client`` is a
+:class:`~alipay_middleware.legacy_client.LegacyClient` instead: ``single_trade_query`` only, on the same
+transport, timeout and retry policy.
+
 Standard library only (``http.client``); environment proxy settings are not used. ``timeout`` bounds a
 whole attempt (connect, send, wait, read). One INFO log line per call (method, ``out_trade_no``,
 outcome), never keys or bodies.
@@ -47,15 +51,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from .core import Alipay
 from .errors import AlipayApiError, AlipayError, GatewayUnavailable, OutcomeUnknown, ResponseError, ResponseMismatch
+from .legacy import LegacyConfig
 from .openapi import PAID_STATUSES, OpenApiConfig, OpenApiProtocol
 from .outbound import USER_AGENT
 from .response import GatewayResponse, verify_response
 from .wire import format_amount, parse_amount, parse_cst
+
+if TYPE_CHECKING:
+    from .legacy_client import LegacyClient
 
 __all__ = ["AlipayClient", "AsyncAlipayClient", "CloseResult", "RefundQuery", "RefundResult", "TradeQuery"]
 
@@ -185,14 +193,161 @@ class _Call:
         self.attempts = 0
 
 
+# -- what every gateway client shares ---------------------------------------------------------------------
+
+
+class _GatewayClient:
+    """Settings, one HTTP exchange within ``timeout``, the retry loop and the log line, shared by
+    :class:`AlipayClient` and the legacy service's :class:`~alipay_middleware.legacy_client.LegacyClient`."""
+
+    timeout: float
+    retries: int
+    backoff: float
+    max_response: int
+
+    def _setup(self, gateway: str, timeout: float, retries: int, backoff: float, max_response: int) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+            raise ValueError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+            raise ValueError(f"retries must be an int between 0 and 10, got {retries!r}")
+        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 60 \
+                or not math.isfinite(backoff):
+            raise ValueError(f"backoff must be a number of seconds between 0 and 60, got {backoff!r}")
+        if isinstance(max_response, bool) or not isinstance(max_response, int) \
+                or not 1024 <= max_response <= 16 * 2**20:
+            raise ValueError(f"max_response must be an int between 1024 and 16 MiB, got {max_response!r}")
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.max_response = max_response
+        parts = urlsplit(gateway)
+        if parts.hostname is None:  # pragma: no cover - check_gateway has seen to it
+            raise ValueError("gateway has no host")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = parts.path or "/"
+        self._query = parts.query
+        self._ssl = ssl.create_default_context() if self._https else None
+
+    @property
+    def _ident(self) -> str:
+        """The merchant identity for reprs (app id or partner id)."""
+        raise NotImplementedError  # pragma: no cover
+
+    @contextmanager
+    def _logged(self, method: str, out_trade_no: str | None, trade_no: str | None) -> Iterator[_Call]:
+        call = _Call()
+        try:
+            yield call
+        except AlipayApiError as exc:
+            call.outcome = f"{exc.code}/{exc.sub_code}" if exc.sub_code else exc.code
+            if not exc.verified:
+                call.outcome += "/unsigned"
+            raise
+        except OutcomeUnknown as exc:
+            call.outcome = f"unknown/{exc.reason}" + (f"/{exc.code}" if exc.code else "")
+            raise
+        except GatewayUnavailable:
+            call.outcome = "unavailable"
+            raise
+        except ResponseError as exc:
+            call.outcome = exc.reason
+            raise
+        finally:
+            who = f"out_trade_no={out_trade_no}" if out_trade_no is not None else f"trade_no={trade_no}"
+            log.info("alipay call method=%s %s outcome=%s attempts=%d", method, who, call.outcome, call.attempts)
+
+    def _attempts(
+        self,
+        method: str,
+        attempt: Callable[[], bytes],
+        *,
+        idempotent: bool,
+        call: _Call,
+        unknown: Callable[[str, str], OutcomeUnknown] | None = None,
+    ) -> bytes:
+        """``attempt()`` (build, sign and send one request; a fresh one each time), retried on network
+        trouble only when ``idempotent``: the raw answer, or :class:`GatewayUnavailable`."""
+        attempts = 1 + self.retries if idempotent else 1
+        sent_any = False
+        for number in range(1, attempts + 1):
+            call.attempts = number
+            try:
+                return attempt()
+            except _TransportError as exc:
+                if exc.sent and unknown is not None:
+                    raise unknown(exc.reason, exc.detail) from None
+                sent_any = sent_any or exc.sent
+                if not exc.retryable or number == attempts:
+                    tries = f" after {number} attempts" if number > 1 else ""
+                    sent = "" if sent_any else " (nothing was sent)"
+                    raise GatewayUnavailable(f"{method}: {exc.reason}{tries}{sent}: {exc.detail}") from None
+                log.warning("alipay call retrying method=%s attempt=%d reason=%s", method, number, exc.reason)
+                if self.backoff:
+                    time.sleep(self.backoff * 2 ** (number - 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, verb: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+        """One request within ``timeout``: the 200 answer's body, or a :class:`_TransportError`."""
+        deadline = time.monotonic() + self.timeout
+        connection: http.client.HTTPConnection
+        if self._ssl is not None:
+            connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+        else:
+            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        response: http.client.HTTPResponse | None = None
+        try:
+            try:
+                connection.connect()
+            except OSError as exc:  # refused, unreachable, DNS, TLS handshake, connect timeout
+                reason = "timeout" if isinstance(exc, TimeoutError) else "connect_failed"
+                raise _TransportError(reason, _describe(exc), sent=False) from None
+            sock = connection.sock
+            if not isinstance(sock, socket.socket):  # pragma: no cover - connect() sets it or raises
+                raise _TransportError("connect_failed", "no socket", sent=False)
+            # From here on Alipay may have the request: any failure leaves the outcome unknown.
+            try:
+                _remaining(sock, deadline)
+                connection.request(verb, target, body, dict(headers))
+                _remaining(sock, deadline)
+                response = connection.getresponse()
+                if response.status != 200:
+                    raise _TransportError("http_error", f"gateway answered HTTP {response.status}", sent=True,
+                                          retryable=500 <= response.status <= 599)
+                data = bytearray()
+                while not response.isclosed():  # read() closes it (and the socket) at the body's end
+                    _remaining(sock, deadline)
+                    chunk = response.read(min(_CHUNK, self.max_response + 1 - len(data)))
+                    if not chunk:
+                        break
+                    data += chunk
+                    if len(data) > self.max_response:
+                        limit = self.max_response
+                        raise ResponseError("malformed_response", f"the answer is longer than {limit} bytes")
+                if response.length:  # read(amt) returns b"" at an early end instead of raising IncompleteRead
+                    raise _TransportError("connection_lost", f"the body ended {response.length} bytes early",
+                                          sent=True)
+                return bytes(data)
+            except TimeoutError as exc:
+                raise _TransportError("timeout", _describe(exc), sent=True) from None
+            except (OSError, http.client.HTTPException) as exc:  # reset, closed early, truncated body
+                raise _TransportError("connection_lost", _describe(exc), sent=True) from None
+        finally:
+            if response is not None:
+                response.close()
+            connection.close()
+
+
 # -- the client ------------------------------------------------------------------------------------------
 
 
-class AlipayClient:
+class AlipayClient(_GatewayClient):
     """Server-to-server calls to the Open Platform gateway, synchronous, on the standard library.
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on an ``OpenApiConfig`` (its protocol and
-    gateway are used) or an ``OpenApiConfig``. The legacy service (``LegacyConfig``) is not supported.
+    gateway are used) or an ``OpenApiConfig``. For the legacy service (``LegacyConfig``) use
+    :class:`~alipay_middleware.legacy_client.LegacyClient` (``alipay.client`` picks the right one).
     ``timeout``: seconds for one whole attempt. ``retries``: extra attempts for idempotent calls after
     network trouble, ``backoff`` seconds apart, doubling. ``max_response``: larger answers are refused.
     Thread-safe: each call opens its own connection.
@@ -217,37 +372,21 @@ class AlipayClient:
             raise TypeError(
                 "AlipayClient speaks the Open Platform gateway (app id + RSA2: alipay.trade.query, .refund, "
                 f".close); it does not support {type(config).__name__}. The legacy service's lookups "
-                "(single_trade_query, refund_fastpay_by_platform_pwd) are not implemented by this client"
+                "(single_trade_query, refund_fastpay_by_platform_pwd) are not implemented by this client: "
+                "for a LegacyConfig use LegacyClient (alipay.client picks it)"
             )
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
-            raise ValueError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-            raise ValueError(f"retries must be an int between 0 and 10, got {retries!r}")
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0 <= backoff <= 60 \
-                or not math.isfinite(backoff):
-            raise ValueError(f"backoff must be a number of seconds between 0 and 60, got {backoff!r}")
-        if isinstance(max_response, bool) or not isinstance(max_response, int) \
-                or not 1024 <= max_response <= 16 * 2**20:
-            raise ValueError(f"max_response must be an int between 1024 and 16 MiB, got {max_response!r}")
+        self._setup(config.gateway, timeout, retries, backoff, max_response)
         self.config = config
         self.protocol = protocol
-        self.timeout = float(timeout)
-        self.retries = retries
-        self.backoff = float(backoff)
-        self.max_response = max_response
-        parts = urlsplit(config.gateway)
-        if parts.hostname is None:  # pragma: no cover - check_gateway has seen to it
-            raise ValueError("gateway has no host")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
         # charset in the URL too (as gateway_form does), so the gateway decodes the form body as UTF-8.
-        path = parts.path or "/"
-        self._target = path + "?" + (f"{parts.query}&" if parts.query else "") + "charset=utf-8"
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._target = self._path + "?" + (f"{self._query}&" if self._query else "") + "charset=utf-8"
 
     def __repr__(self) -> str:
         return f"<AlipayClient {self.config.app_id} {self._host}>"
+
+    @property
+    def _ident(self) -> str:
+        return self.config.app_id
 
     # -- the four calls ----------------------------------------------------------------------------------
 
@@ -398,29 +537,6 @@ class AlipayClient:
 
     # -- one gateway call ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def _logged(self, method: str, out_trade_no: str | None, trade_no: str | None) -> Iterator[_Call]:
-        call = _Call()
-        try:
-            yield call
-        except AlipayApiError as exc:
-            call.outcome = f"{exc.code}/{exc.sub_code}" if exc.sub_code else exc.code
-            if not exc.verified:
-                call.outcome += "/unsigned"
-            raise
-        except OutcomeUnknown as exc:
-            call.outcome = f"unknown/{exc.reason}" + (f"/{exc.code}" if exc.code else "")
-            raise
-        except GatewayUnavailable:
-            call.outcome = "unavailable"
-            raise
-        except ResponseError as exc:
-            call.outcome = exc.reason
-            raise
-        finally:
-            who = f"out_trade_no={out_trade_no}" if out_trade_no is not None else f"trade_no={trade_no}"
-            log.info("alipay call method=%s %s outcome=%s attempts=%d", method, who, call.outcome, call.attempts)
-
     def _exchange(
         self,
         method: str,
@@ -431,86 +547,25 @@ class AlipayClient:
         unknown: Callable[[str, str], OutcomeUnknown] | None = None,
     ) -> GatewayResponse:
         """Sign, POST, read and verify; retried on network trouble only when ``idempotent``."""
-        attempts = 1 + self.retries if idempotent else 1
-        sent_any = False
-        for attempt in range(1, attempts + 1):
-            call.attempts = attempt
+
+        def attempt() -> bytes:
             params = self.protocol.signed_params(method, biz)  # a fresh timestamp for every attempt
-            body = urlencode(params).encode("ascii")
-            try:
-                raw = self._post(body)
-            except _TransportError as exc:
-                if exc.sent and unknown is not None:
-                    raise unknown(exc.reason, exc.detail) from None
-                sent_any = sent_any or exc.sent
-                if not exc.retryable or attempt == attempts:
-                    tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    sent = "" if sent_any else " (nothing was sent)"
-                    raise GatewayUnavailable(f"{method}: {exc.reason}{tries}{sent}: {exc.detail}") from None
-                log.warning("alipay call retrying method=%s attempt=%d reason=%s", method, attempt, exc.reason)
-                if self.backoff:
-                    time.sleep(self.backoff * 2 ** (attempt - 1))
-                continue
-            response = verify_response(
-                raw, method, self.protocol.verifier, expected_cert_sn=getattr(self.config, "alipay_cert_sn", None)
-            )
-            call.outcome = response.code or "no_code"
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            return self._post(urlencode(params).encode("ascii"))
+
+        raw = self._attempts(method, attempt, idempotent=idempotent, call=call, unknown=unknown)
+        response = verify_response(
+            raw, method, self.protocol.verifier, expected_cert_sn=getattr(self.config, "alipay_cert_sn", None)
+        )
+        call.outcome = response.code or "no_code"
+        return response
 
     def _post(self, body: bytes) -> bytes:
         """One POST within ``timeout``: the 200 answer's body, or a :class:`_TransportError`."""
-        deadline = time.monotonic() + self.timeout
-        connection: http.client.HTTPConnection
-        if self._ssl is not None:
-            connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        response: http.client.HTTPResponse | None = None
-        try:
-            try:
-                connection.connect()
-            except OSError as exc:  # refused, unreachable, DNS, TLS handshake, connect timeout
-                reason = "timeout" if isinstance(exc, TimeoutError) else "connect_failed"
-                raise _TransportError(reason, _describe(exc), sent=False) from None
-            sock = connection.sock
-            if not isinstance(sock, socket.socket):  # pragma: no cover - connect() sets it or raises
-                raise _TransportError("connect_failed", "no socket", sent=False)
-            # From here on Alipay may have the request: any failure leaves the outcome unknown.
-            try:
-                _remaining(sock, deadline)
-                connection.request("POST", self._target, body, {
-                    "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-                    "Accept": "application/json",
-                    "User-Agent": USER_AGENT,
-                })
-                _remaining(sock, deadline)
-                response = connection.getresponse()
-                if response.status != 200:
-                    raise _TransportError("http_error", f"gateway answered HTTP {response.status}", sent=True,
-                                          retryable=500 <= response.status <= 599)
-                data = bytearray()
-                while not response.isclosed():  # read() closes it (and the socket) at the body's end
-                    _remaining(sock, deadline)
-                    chunk = response.read(min(_CHUNK, self.max_response + 1 - len(data)))
-                    if not chunk:
-                        break
-                    data += chunk
-                    if len(data) > self.max_response:
-                        limit = self.max_response
-                        raise ResponseError("malformed_response", f"the answer is longer than {limit} bytes")
-                if response.length:  # read(amt) returns b"" at an early end instead of raising IncompleteRead
-                    raise _TransportError("connection_lost", f"the body ended {response.length} bytes early",
-                                          sent=True)
-                return bytes(data)
-            except TimeoutError as exc:
-                raise _TransportError("timeout", _describe(exc), sent=True) from None
-            except (OSError, http.client.HTTPException) as exc:  # reset, closed early, truncated body
-                raise _TransportError("connection_lost", _describe(exc), sent=True) from None
-        finally:
-            if response is not None:
-                response.close()
-            connection.close()
+        return self._send("POST", self._target, body, {
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        })
 
 
 def _remaining(sock: socket.socket, deadline: float) -> None:
@@ -579,7 +634,8 @@ T = TypeVar("T")
 class AsyncAlipayClient:
     """The same four calls as coroutines. Each runs the synchronous client in a thread, never on the event
     loop: in the ``Alipay`` instance's pool when built from one (``alipay.aclient``), else in ``executor``,
-    else via :func:`asyncio.to_thread`.
+    else via :func:`asyncio.to_thread`. The synchronous client (``sync``) is an :class:`AlipayClient`, or a
+    :class:`~alipay_middleware.legacy_client.LegacyClient` for a ``LegacyConfig`` (only ``query`` works there).
 
     Cancelling the awaiting task does not stop a request already sent: a cancelled ``refund`` has an
     unknown outcome (ask ``refund_query``).
@@ -587,7 +643,7 @@ class AsyncAlipayClient:
 
     def __init__(
         self,
-        alipay_or_config: Alipay | OpenApiConfig,
+        alipay_or_config: Alipay | OpenApiConfig | LegacyConfig,
         *,
         timeout: float = 10.0,
         retries: int = 2,
@@ -595,13 +651,21 @@ class AsyncAlipayClient:
         max_response: int = 1024 * 1024,
         executor: Executor | None = None,
     ) -> None:
-        self.sync = AlipayClient(alipay_or_config, timeout=timeout, retries=retries, backoff=backoff,
-                                 max_response=max_response)
+        self.sync: AlipayClient | LegacyClient
+        if isinstance(alipay_or_config, LegacyConfig) or (
+                isinstance(alipay_or_config, Alipay) and isinstance(alipay_or_config.config, LegacyConfig)):
+            from .legacy_client import LegacyClient
+
+            self.sync = LegacyClient(alipay_or_config, timeout=timeout, retries=retries, backoff=backoff,
+                                     max_response=max_response)
+        else:
+            self.sync = AlipayClient(alipay_or_config, timeout=timeout, retries=retries, backoff=backoff,
+                                     max_response=max_response)
         self._alipay = alipay_or_config if isinstance(alipay_or_config, Alipay) else None
         self._executor = executor
 
     def __repr__(self) -> str:
-        return f"<AsyncAlipayClient {self.sync.config.app_id} {self.sync._host}>"
+        return f"<AsyncAlipayClient {self.sync._ident} {self.sync._host}>"
 
     async def _run(self, fn: Callable[[], T]) -> T:
         # Looked up per call: Alipay.close() drops its pool and the next use makes a new one.

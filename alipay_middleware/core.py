@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .asgi import AlipayASGIMiddleware
     from .client import AlipayClient, AsyncAlipayClient
     from .legacy import LegacyConfig
+    from .legacy_client import LegacyClient
     from .openapi import OpenApiConfig
     from .wsgi import AlipayWSGIMiddleware
 
@@ -78,7 +79,7 @@ class Alipay:
             raise TypeError("confirm_returns must be True or False")
         self.config = config
         self.protocol = protocol_factory()
-        if confirm_returns and getattr(self.protocol, "query_event", None) is None:
+        if confirm_returns and not _is_open_platform(self.protocol):
             raise ValueError("confirm_returns is for the Open Platform: a legacy return carries its trade "
                              "status and already runs on_paid when it says paid")
         self.confirm_returns = confirm_returns
@@ -197,9 +198,16 @@ class Alipay:
         return self._executor
 
     @cached_property
-    def client(self) -> AlipayClient:
+    def client(self) -> AlipayClient | LegacyClient:
         """Query, refund and close trades (an :class:`~alipay_middleware.client.AlipayClient`, made on
-        first use). Open Platform only: for a ``LegacyConfig`` this raises TypeError."""
+        first use). For a ``LegacyConfig``: a :class:`~alipay_middleware.legacy_client.LegacyClient`,
+        which can only ``query`` (``single_trade_query``)."""
+        from .legacy import LegacyConfig
+
+        if isinstance(self.config, LegacyConfig):
+            from .legacy_client import LegacyClient
+
+            return LegacyClient(self)
         from .client import AlipayClient
 
         return AlipayClient(self)
@@ -224,7 +232,7 @@ class Alipay:
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
         if getattr(self.protocol, "query_event", None) is None:
-            raise RuntimeError("reconcile is for the Open Platform (it needs alipay.trade.query)")
+            raise RuntimeError("reconcile needs a protocol whose trades can be queried (query_event)")
         if not 0 <= older_than_minutes <= 60 * 24 * 365:
             raise ValueError(f"older_than_minutes must be between 0 and a year, got {older_than_minutes!r}")
         cutoff = datetime.now(timezone.utc) - timedelta(minutes=older_than_minutes)
@@ -240,6 +248,14 @@ class Alipay:
             self._executor.shutdown(wait=True)
             self._executor = None
         self.ledger.close()
+
+
+def _is_open_platform(protocol: object) -> bool:
+    # Named, not duck-typed: the legacy protocol has query_event too (for reconcile), but its returns
+    # carry their status, so confirm_returns stays an Open Platform setting.
+    from .openapi import OpenApiProtocol
+
+    return isinstance(protocol, OpenApiProtocol)
 
 
 def _check_callable(fn: Any, what: str) -> None:

@@ -118,3 +118,10 @@ class OutcomeUnknown(AlipayError):
         self.out_trade_no = out_trade_no
         self.trade_no = trade_no
         self.out_request_no = out_request_no
+
+
+class UnsupportedCall(AlipayError, NotImplementedError):
+    """A call this client cannot make for this kind of merchant, by design (e.g. a refund through the
+    legacy service, whose refunds need the merchant's password page). Nothing was sent. Also a
+    :class:`NotImplementedError`, so generic handlers for "not available here" catch it.
+    """

@@ -537,13 +537,12 @@ def test_alipay_client_properties(stub, make_alipay):
     assert asyncio.run(alipay.aclient.query(out_trade_no="P1")).trade_status == "TRADE_CLOSED"
 
 
-def test_legacy_config_is_refused_clearly():
+def test_legacy_config_gets_the_legacy_client():
+    from alipay_middleware import LegacyClient
+
     alipay = Alipay(LegacyConfig(partner=PARTNER, key=MD5_KEY), ledger=":memory:")
     try:
-        for attribute in ("client", "aclient"):
-            with pytest.raises(TypeError, match="legacy service.*not implemented") as caught:
-                getattr(alipay, attribute)
-            assert "LegacyConfig" in str(caught.value)
+        assert isinstance(alipay.client, LegacyClient) and isinstance(alipay.aclient.sync, LegacyClient)
     finally:
         alipay.close()
     with pytest.raises(TypeError, match="LegacyConfig"):
