@@ -28,9 +28,9 @@ from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .keys import load_private_key, load_public_key, same_key
 from .openapi import check_gateway
-from .protocol import Protocol, verify_signed_fields
+from .protocol import Protocol, amount_field, verify_signed_fields
 from .signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
-from .wire import content_type_charset, format_amount, normalize_charset, parse_amount, parse_cst, parse_form
+from .wire import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 
 if TYPE_CHECKING:
     from .client import TradeQuery
@@ -170,16 +170,6 @@ def sign_request(params: Mapping[str, str], signer: Signer, charset: str) -> dic
     return signed
 
 
-def _amount(fields: Mapping[str, str], name: str) -> Decimal | None:
-    text = fields.get(name)
-    if not text:
-        return None
-    try:
-        return parse_amount(text)
-    except ValueError:
-        raise Rejection("bad_amount", 400, f"{name} is not an amount") from None
-
-
 class LegacyProtocol(Protocol):
     def __init__(self, config: LegacyConfig) -> None:
         self.config = config
@@ -258,7 +248,7 @@ class LegacyProtocol(Protocol):
             out_trade_no=out_trade_no,
             trade_no=fields.get("trade_no", ""),
             trade_status=status,
-            total_amount=_amount(fields, "total_fee"),
+            total_amount=amount_field(fields, "total_fee"),
             refund_fee=None,
             out_biz_no="",
             notify_id=notify_id,
@@ -282,7 +272,7 @@ class LegacyProtocol(Protocol):
         return ReturnResult(
             out_trade_no=fields.get("out_trade_no", ""),
             trade_no=fields.get("trade_no", ""),
-            total_amount=_amount(fields, "total_fee"),
+            total_amount=amount_field(fields, "total_fee"),
             app_id="",
             seller_id=fields.get("seller_id", ""),
             timestamp=parse_cst(fields.get("notify_time")),

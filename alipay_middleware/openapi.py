@@ -25,13 +25,12 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 from Crypto.PublicKey import RSA
 
 from .certs import load_certificate_mode
-from .errors import Rejection
 from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, render_form
 from .keys import load_private_key, load_public_key, same_key
-from .protocol import Protocol, verify_signed_fields
+from .protocol import Protocol, amount_field, verify_signed_fields
 from .signing import RsaSigner, RsaVerifier, sign_string
-from .wire import cst_timestamp, format_amount, parse_amount, parse_cst
+from .wire import cst_timestamp, format_amount, parse_cst
 
 if TYPE_CHECKING:
     from .client import TradeQuery
@@ -147,16 +146,6 @@ class OpenApiConfig:
         return OpenApiProtocol(self)
 
 
-def _amount_field(fields: Mapping[str, str], name: str) -> Decimal | None:
-    text = fields.get(name)
-    if not text:
-        return None
-    try:
-        return parse_amount(text)
-    except ValueError:
-        raise Rejection("bad_amount", 400, f"{name} is not an amount") from None
-
-
 class OpenApiProtocol(Protocol):
     def __init__(self, config: OpenApiConfig) -> None:
         self.config = config
@@ -184,8 +173,8 @@ class OpenApiProtocol(Protocol):
         status = fields.get("trade_status", "")
         out_trade_no = fields.get("out_trade_no", "")
         notify_id = fields.get("notify_id", "")
-        refund_fee = _amount_field(fields, "refund_fee")
-        total = _amount_field(fields, "total_amount")
+        refund_fee = amount_field(fields, "refund_fee")
+        total = amount_field(fields, "total_amount")
         is_refund = bool(fields.get("gmt_refund")) or (refund_fee is not None and refund_fee > 0)
         trade = out_trade_no or f"notify:{notify_id}"
         if not out_trade_no:  # not a trade message (another notify_type): recorded, never hooked
@@ -222,7 +211,7 @@ class OpenApiProtocol(Protocol):
         return ReturnResult(
             out_trade_no=fields.get("out_trade_no", ""),
             trade_no=fields.get("trade_no", ""),
-            total_amount=_amount_field(fields, "total_amount"),
+            total_amount=amount_field(fields, "total_amount"),
             app_id=fields.get("app_id", ""),
             seller_id=fields.get("seller_id", ""),
             timestamp=parse_cst(fields.get("timestamp")),

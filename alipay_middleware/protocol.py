@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from .errors import Rejection
 from .events import PAID, PaymentEvent, ReturnResult
 from .signing import Verifier, sign_string
-from .wire import content_type_charset, parse_form, sniff_charset
+from .wire import content_type_charset, parse_amount, parse_form, sniff_charset
 
 
 def verify_signed_fields(
@@ -41,6 +41,17 @@ def verify_signed_fields(
         if verifier.verify(message, signature):
             return
     raise Rejection("bad_signature", 400)
+
+
+def amount_field(fields: Mapping[str, str], name: str) -> Decimal | None:
+    """A money field of a verified message as a Decimal; None when absent; a rejection when malformed."""
+    text = fields.get(name)
+    if not text:
+        return None
+    try:
+        return parse_amount(text)
+    except ValueError:
+        raise Rejection("bad_amount", 400, f"{name} is not an amount") from None
 
 
 class Protocol(ABC):
