@@ -196,6 +196,14 @@ class _Call:
 # -- what every gateway client shares ---------------------------------------------------------------------
 
 
+def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
+    """The configuration and its protocol, from an ``Alipay`` or a bare config (checked by the caller)."""
+    if isinstance(alipay_or_config, Alipay):
+        return alipay_or_config.config, alipay_or_config.protocol
+    factory = getattr(alipay_or_config, "protocol", None)
+    return alipay_or_config, factory() if callable(factory) else None
+
+
 class _GatewayClient:
     """Settings, one HTTP exchange within ``timeout``, the retry loop and the log line, shared by
     :class:`AlipayClient` and the legacy service's :class:`~alipay_middleware.legacy_client.LegacyClient`."""
@@ -362,12 +370,7 @@ class AlipayClient(_GatewayClient):
         backoff: float = 0.2,
         max_response: int = 1024 * 1024,
     ) -> None:
-        if isinstance(alipay_or_config, Alipay):
-            config: object = alipay_or_config.config
-            protocol: object = alipay_or_config.protocol
-        else:
-            config = alipay_or_config
-            protocol = config.protocol() if isinstance(config, OpenApiConfig) else None
+        config, protocol = _config_and_protocol(alipay_or_config)
         if not isinstance(config, OpenApiConfig) or not isinstance(protocol, OpenApiProtocol):
             raise TypeError(
                 "AlipayClient speaks the Open Platform gateway (app id + RSA2: alipay.trade.query, .refund, "

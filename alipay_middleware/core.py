@@ -231,8 +231,6 @@ class Alipay:
 
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
-        if getattr(self.protocol, "query_event", None) is None:
-            raise RuntimeError("reconcile needs a protocol whose trades can be queried (query_event)")
         if not 0 <= older_than_minutes <= 60 * 24 * 365:
             raise ValueError(f"older_than_minutes must be between 0 and a year, got {older_than_minutes!r}")
         cutoff = datetime.now(timezone.utc) - timedelta(minutes=older_than_minutes)
@@ -251,7 +249,7 @@ class Alipay:
 
 
 def _is_open_platform(protocol: object) -> bool:
-    # Named, not duck-typed: the legacy protocol has query_event too (for reconcile), but its returns
+    # Named, not duck-typed: every protocol can turn a trade query into an event (for reconcile), but legacy returns
     # carry their status, so confirm_returns stays an Open Platform setting.
     from .openapi import OpenApiProtocol
 

@@ -239,9 +239,6 @@ def confirm_flow(alipay: Alipay, out_trade_no: str, source: str) -> Steps[Confir
     """Query the trade and feed what the verified answer proves (paid, or closed unpaid) through the
     notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once."""
     protocol = alipay.protocol
-    query_event = getattr(protocol, "query_event", None)
-    if query_event is None:
-        return Confirmation(out_trade_no, None, None, "unsupported")
     try:
         if (yield Call(alipay.ledger.is_done, (protocol.key(PAID, out_trade_no),))):
             return Confirmation(out_trade_no, None, True, "already_paid")
@@ -249,7 +246,7 @@ def confirm_flow(alipay: Alipay, out_trade_no: str, source: str) -> Steps[Confir
     except AlipayError as exc:
         log.warning("alipay %s error out_trade_no=%s error=%s: %s", source, out_trade_no, type(exc).__name__, exc)
         return Confirmation(out_trade_no, None, None, "error")
-    event = query_event(query)
+    event = protocol.query_event(query)
     if event is None:
         return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
     raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")

@@ -33,7 +33,7 @@ from .signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_s
 from .wire import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 
 if TYPE_CHECKING:
-    from .client import TradeQuery
+    pass
 
 LEGACY_GATEWAY = "https://mapi.alipay.com/gateway.do"
 
@@ -291,40 +291,6 @@ class LegacyProtocol(Protocol):
         if self.config.coupon_policy == "accept_lower" and paid is not None and 0 < paid <= ordered:
             return None
         return "amount_mismatch_coupon"
-
-    def query_event(self, query: TradeQuery) -> PaymentEvent | None:
-        """The event a verified ``single_trade_query`` answer proves by itself: paid, or closed unpaid.
-
-        None for anything else (waiting, ``TRADE_PENDING``, unknown to Alipay, and a closed trade that had
-        been paid: a full refund, which the refund notification reports with its own key). The keys are the
-        notify's, so whichever of the two comes first runs the hook.
-        """
-        if not query.exists or not query.out_trade_no:
-            return None
-        if query.paid:
-            kind = PAID
-        elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
-            kind = CLOSED
-        else:
-            return None
-        raw = {k: v if isinstance(v, str) else str(v) for k, v in query.raw.items()}
-        return PaymentEvent(
-            kind=kind,
-            key=self.key(kind, query.out_trade_no),
-            trade_key=f"{self.account}:{query.out_trade_no}",
-            out_trade_no=query.out_trade_no,
-            trade_no=query.trade_no,
-            trade_status=query.trade_status or "",
-            total_amount=query.total_amount,
-            refund_fee=None,
-            out_biz_no="",
-            notify_id="",
-            gmt_payment=query.send_pay_date,
-            gmt_refund=None,
-            app_id="",
-            seller_id=raw.get("seller_id", ""),
-            raw=raw,
-        )
 
     # -- requests ----------------------------------------------------------------------------------
 

@@ -87,7 +87,17 @@ from decimal import Decimal
 from typing import NoReturn
 from urllib.parse import quote_plus, urlencode
 
-from .client import CloseResult, RefundQuery, RefundResult, TradeQuery, _amount, _Call, _GatewayClient, _trade_biz
+from .client import (
+    CloseResult,
+    RefundQuery,
+    RefundResult,
+    TradeQuery,
+    _amount,
+    _Call,
+    _config_and_protocol,
+    _GatewayClient,
+    _trade_biz,
+)
 from .core import Alipay
 from .errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
 from .legacy import RULE, LegacyConfig, LegacyProtocol
@@ -199,12 +209,7 @@ class LegacyClient(_GatewayClient):
         backoff: float = 0.2,
         max_response: int = 1024 * 1024,
     ) -> None:
-        if isinstance(alipay_or_config, Alipay):
-            config: object = alipay_or_config.config
-            protocol: object = alipay_or_config.protocol
-        else:
-            config = alipay_or_config
-            protocol = config.protocol() if isinstance(config, LegacyConfig) else None
+        config, protocol = _config_and_protocol(alipay_or_config)
         if not isinstance(config, LegacyConfig) or not isinstance(protocol, LegacyProtocol):
             raise TypeError(f"LegacyClient speaks the legacy mapi gateway (partner id + MD5/RSA); it does not "
                             f"support {type(config).__name__}. For an OpenApiConfig use AlipayClient")

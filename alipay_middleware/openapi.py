@@ -33,7 +33,7 @@ from .signing import RsaSigner, RsaVerifier, sign_string
 from .wire import cst_timestamp, format_amount, parse_cst
 
 if TYPE_CHECKING:
-    from .client import TradeQuery
+    pass
 
 PRODUCTION_GATEWAY = "https://openapi.alipay.com/gateway.do"
 SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
@@ -150,6 +150,7 @@ class OpenApiProtocol(Protocol):
     def __init__(self, config: OpenApiConfig) -> None:
         self.config = config
         self.account = config.app_id
+        self.app_id = config.app_id
         self.signer = RsaSigner(config._private, config.sign_type)
         self.verifier = RsaVerifier(config._public, config.sign_type)
 
@@ -216,40 +217,6 @@ class OpenApiProtocol(Protocol):
             seller_id=fields.get("seller_id", ""),
             timestamp=parse_cst(fields.get("timestamp")),
             raw=dict(fields),
-        )
-
-    def query_event(self, query: TradeQuery) -> PaymentEvent | None:
-        """The event a verified ``alipay.trade.query`` answer proves by itself: paid, or closed unpaid.
-
-        None for anything else (waiting, unknown to Alipay, and a closed trade that had been paid: that
-        is a full refund, which the refund notification reports with its own key).
-        """
-        if not query.exists or not query.out_trade_no:
-            return None
-        if query.paid:
-            kind = PAID
-        elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
-            kind = CLOSED
-        else:
-            return None
-        raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-               for k, v in query.raw.items()}
-        return PaymentEvent(
-            kind=kind,
-            key=self.key(kind, query.out_trade_no),  # the notify's key: whichever comes first runs the hook
-            trade_key=f"{self.account}:{query.out_trade_no}",
-            out_trade_no=query.out_trade_no,
-            trade_no=query.trade_no,
-            trade_status=query.trade_status or "",
-            total_amount=query.total_amount,
-            refund_fee=None,
-            out_biz_no="",
-            notify_id="",
-            gmt_payment=query.send_pay_date,
-            gmt_refund=None,
-            app_id=self.config.app_id,
-            seller_id="",
-            raw=raw,
         )
 
     # -- requests ----------------------------------------------------------------------------------

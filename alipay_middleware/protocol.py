@@ -8,15 +8,19 @@ beside it by implementing the same few methods.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .errors import Rejection
-from .events import PAID, PaymentEvent, ReturnResult
+from .events import CLOSED, PAID, PaymentEvent, ReturnResult
 from .signing import Verifier, sign_string
 from .wire import content_type_charset, parse_amount, parse_form, sniff_charset
+
+if TYPE_CHECKING:
+    from .client import TradeQuery
 
 
 def verify_signed_fields(
@@ -59,6 +63,8 @@ class Protocol(ABC):
 
     #: The merchant identity that namespaces dedupe keys (app id or partner id).
     account: str
+    #: The Open Platform app id events carry ("" for the legacy service, which has none).
+    app_id: str = ""
     #: The class of ``environ["alipay"]`` / ``scope["alipay"]`` for this protocol.
     helper_class: ClassVar[type[Any]]
 
@@ -88,6 +94,42 @@ class Protocol(ABC):
         None here: an Open Platform return carries no trade status. The legacy return does.
         """
         return None
+
+    def query_event(self, query: TradeQuery) -> PaymentEvent | None:
+        """The event a verified trade query answer (``alipay.trade.query`` or the legacy
+        ``single_trade_query``) proves by itself: paid, or closed unpaid.
+
+        None for anything else (waiting, ``TRADE_PENDING``, unknown to Alipay, and a closed trade that had
+        been paid: a full refund, which the refund notification reports with its own key). The keys are the
+        notify's, so whichever of the two comes first runs the hook.
+        """
+        if not query.exists or not query.out_trade_no:
+            return None
+        if query.paid:
+            kind = PAID
+        elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
+            kind = CLOSED
+        else:
+            return None
+        raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+               for k, v in query.raw.items()}
+        return PaymentEvent(
+            kind=kind,
+            key=self.key(kind, query.out_trade_no),
+            trade_key=f"{self.account}:{query.out_trade_no}",
+            out_trade_no=query.out_trade_no,
+            trade_no=query.trade_no,
+            trade_status=query.trade_status or "",
+            total_amount=query.total_amount,
+            refund_fee=None,
+            out_biz_no="",
+            notify_id="",
+            gmt_payment=query.send_pay_date,
+            gmt_refund=None,
+            app_id=self.app_id,
+            seller_id=raw.get("seller_id", ""),
+            raw=raw,
+        )
 
     def origin_url(self, fields: Mapping[str, str], *, on_return: bool) -> str | None:
         """The URL whose answer proves a verified message really came from Alipay just now, or None
