@@ -454,6 +454,7 @@ class Row:
     again: Phase = field(default_factory=lambda: Phase(math.nan, [], Counter()))  # per notification, one copy
     hook_calls: Counter[str] = field(default_factory=Counter)  # key -> calls (all events, warm-up included)
     hook_ids: set[str] = field(default_factory=set)  # request ids that ran a hook
+    in_app: dict[str, float] = field(default_factory=dict)  # request id -> seconds inside the app (load_app)
     hook_pids: Counter[str] = field(default_factory=Counter)
     expected: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
@@ -470,6 +471,7 @@ def run_config(kind: str, ledger_kind: str, unique: list[Notification], warmup: 
     workdir = tmp / label.replace("+", "-")
     workdir.mkdir()
     hook_log = workdir / "hook-calls.log"
+    timing_log = workdir / "in-app-seconds.log"
     table = f"bench_load_{uuid.uuid4().hex[:12]}"
     if ledger_kind == "postgres":
         from alipay_middleware.ledger.postgres import PostgresLedger
@@ -483,7 +485,8 @@ def run_config(kind: str, ledger_kind: str, unique: list[Notification], warmup: 
     env = dict(os.environ, ALIPAY_LOAD_LEDGER=ledger_url, ALIPAY_LOAD_PG_TABLE=table,
                ALIPAY_LOAD_APP_KEY=str(key_files[0]), ALIPAY_LOAD_ALIPAY_PUB=str(key_files[1]),
                ALIPAY_LOAD_APP_ID=APP_ID, ALIPAY_LOAD_SELLER_ID=SELLER_ID, ALIPAY_LOAD_AMOUNT=AMOUNT,
-               ALIPAY_LOAD_HOOK_LOG=str(hook_log), ALIPAY_LOAD_HOOK="sync" if kind == "gunicorn" else args.asgi_hook,
+               ALIPAY_LOAD_HOOK_LOG=str(hook_log), ALIPAY_LOAD_TIMING_LOG=str(timing_log),
+               ALIPAY_LOAD_HOOK="sync" if kind == "gunicorn" else args.asgi_hook,
                ALIPAY_LOAD_HOOK_MS=str(args.hook_ms), ALIPAY_LOAD_HOOK_THREADS=str(args.threads),
                PYTHONUNBUFFERED="1")
     lanes = max(1, args.concurrency // COPIES)
@@ -524,6 +527,9 @@ def run_config(kind: str, ledger_kind: str, unique: list[Notification], warmup: 
             row.hook_ids.add(request_id)
             if request_id == "-":  # the request id did not reach the hook: the copy split would be wrong
                 row.notes.append(f"hook call without request id ({key}): 'hook copy' / 'duplicates' are unreliable")
+        for line in timing_log.read_text().splitlines() if timing_log.exists() else []:
+            request_id, seconds = line.split()
+            row.in_app[request_id] = float(seconds)
         row.expected = [item.key for item in [*unique, *warmup]]
         row.done = {event.key for event in checker.events(status=DONE, limit=-1)}
         errors = [line for line in server.log.read_text(errors="replace").splitlines()
@@ -593,6 +599,8 @@ class Figures:
     request_rate: float
     hook_copy: list[float]  # latencies of the storm copies that ran the hook
     duplicates: list[float]  # latencies of the other storm copies
+    hook_copy_in_app: list[float]  # the same two, time inside the app only (no wait in the server's queue)
+    duplicates_in_app: list[float]
     everything: list[float]
     calls_min: int
     calls_max: int
@@ -605,14 +613,22 @@ class Figures:
 
 def figures(row: Row) -> Figures:
     answers = [a for copies in row.storm.answers for a in copies]
-    hook_copy, duplicates = [], []
+    hook_copy: list[float] = []
+    duplicates: list[float] = []
+    hook_copy_in_app: list[float] = []
+    duplicates_in_app: list[float] = []
     for item_answers, number in zip(row.storm.answers, range(row.n), strict=True):
         for copy, (_, _, seconds) in enumerate(item_answers):
-            (hook_copy if f"s{number}.{copy}" in row.hook_ids else duplicates).append(seconds)
+            request_id = f"s{number}.{copy}"
+            ran_hook = request_id in row.hook_ids
+            (hook_copy if ran_hook else duplicates).append(seconds)
+            if request_id in row.in_app:
+                (hook_copy_in_app if ran_hook else duplicates_in_app).append(row.in_app[request_id])
     calls = [row.hook_calls.get(key, 0) for key in row.expected]
     return Figures(
         unique_rate=row.n / row.storm.wall, request_rate=len(answers) / row.storm.wall,
-        hook_copy=hook_copy, duplicates=duplicates, everything=[a[2] for a in answers],
+        hook_copy=hook_copy, duplicates=duplicates, hook_copy_in_app=hook_copy_in_app,
+        duplicates_in_app=duplicates_in_app, everything=[a[2] for a in answers],
         calls_min=min(calls), calls_max=max(calls), lost=sum(1 for key in row.expected if key not in row.done),
     )
 
@@ -623,7 +639,7 @@ def goal(row: Row, f: Figures) -> str:
     misses = [what for what, ok in (
         ("rate", f.unique_rate >= GOAL_RATE),
         ("p99", f.p99 < GOAL_P99),
-        ("duplicates", percentile(f.duplicates, 99) <= DUPLICATE_SLACK * percentile(f.hook_copy, 99)),
+        ("duplicates", percentile(f.duplicates_in_app, 99) <= DUPLICATE_SLACK * percentile(f.hook_copy_in_app, 99)),
         ("hooks", f.calls_min == f.calls_max == 1),
         ("lost", f.lost == 0),
     ) if not ok]
@@ -631,7 +647,7 @@ def goal(row: Row, f: Figures) -> str:
 
 
 def report(rows: list[Row], args: argparse.Namespace) -> None:
-    storm_rows, again_rows, cpu_rows = [], [], []
+    storm_rows, again_rows, cpu_rows, in_app_rows = [], [], [], []
     for row in rows:
         f = figures(row)
         storm_rows.append([
@@ -641,6 +657,12 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
             statuses([a for copies in row.storm.answers for a in copies]),
             f"{f.calls_min}" if f.calls_min == f.calls_max else f"{f.calls_min}-{f.calls_max}", str(f.lost),
             str(row.resends) + (f" ({row.unresolved} never)" if row.unresolved else ""), goal(row, f),
+        ])
+        in_app_rows.append([
+            row.label, ms(percentile(f.hook_copy_in_app, 50)), ms(percentile(f.hook_copy_in_app, 99)),
+            ms(percentile(f.duplicates_in_app, 50)), ms(percentile(f.duplicates_in_app, 99)),
+            f"{percentile(f.duplicates_in_app, 99) / percentile(f.hook_copy_in_app, 99):.2f}x",
+            f"{percentile(f.duplicates, 99) / percentile(f.hook_copy, 99):.2f}x",
         ])
         again_answers = [answers[0] for answers in row.again.answers]
         again = [a[2] for a in again_answers]
@@ -667,6 +689,10 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
                 ["server + ledger", "unique/s", "requests/s", "wall", "hook copy p50", "p99", "duplicates p50", "p99",
                  "all p99", "200 / 503 / other", "hook calls per event", "lost", "resends needed", "goal"],
                 storm_rows)
+    print_table("The storm's copies inside the app: from the server calling the app to its answer being complete "
+                "(no wait in the server's queue); ms",
+                ["server + ledger", "hook copy p50", "p99", "duplicates p50", "p99", "duplicates/hook copy p99",
+                 "the same, end to end"], in_app_rows)
     print_table(f"Resends only: the same {args.n} again, each once, all already done, {args.concurrency} in flight "
                 "(the duplicates' baseline)",
                 ["server + ledger", "requests/s", "wall", "p50 ms", "p99 ms", "200 / 503 / other",
@@ -683,8 +709,12 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
     notes = [
         f"Goal (PostgreSQL rows): >= {GOAL_RATE:,.0f} unique notifications/s (N / storm wall time), p99 of all storm "
         f"answers < {GOAL_P99 * 1000:.0f} ms, duplicates",
-        f"answered no slower than the copies that ran the hook (p99, within {DUPLICATE_SLACK - 1:.0%}), hook calls "
-        "exactly 1 per event, 0 lost events.",
+        f"answered no slower than the copies that ran the hook (p99 inside the app, within {DUPLICATE_SLACK - 1:.0%}), "
+        "hook calls exactly 1 per event, 0 lost events.",
+        "Why inside the app: the 3 copies leave the client at the same instant, and the copy that runs the hook is, "
+        "by definition, the one the",
+        "server got to first; end to end, the other copies also carry their longer wait in the server's queue, "
+        "which the middleware never sees.",
         "'hook copy': the copy of each notification whose request ran the hook (the hook logs the client's request "
         "id); 'duplicates': the other",
         "copies, answered 200 (already done) or 503 with Retry-After (hook running). 'resends needed': requests sent "

@@ -13,6 +13,9 @@ environment variables, which ``bench_load.py`` sets:
   id>\\n"``, in a single ``write`` on a descriptor opened with ``O_APPEND`` (lines from several processes
   never interleave); the request id is the client's ``X-Bench-Id`` header, so the benchmark knows which
   copy of a notification ran the hook;
+- ``ALIPAY_LOAD_TIMING_LOG``: the file every request with an ``X-Bench-Id`` appends ``"<request id> <seconds>\\n"``
+  to: the time from the server calling the app to the app's answer being complete, i.e. the middleware's
+  own share of the answer time, without the wait in the server's queue;
 - ``ALIPAY_LOAD_HOOK``: ``sync`` (a plain function) or ``async`` (an ``async def``);
 - ``ALIPAY_LOAD_HOOK_MS``: simulated work inside the hook (``time.sleep`` / ``asyncio.sleep``), default 0;
 - ``ALIPAY_LOAD_HOOK_THREADS``, ``ALIPAY_LOAD_LEASE_SECONDS``: passed to ``Alipay(...)``.
@@ -61,12 +64,21 @@ alipay = Alipay(
 )
 AMOUNT = Decimal(_env("ALIPAY_LOAD_AMOUNT"))
 HOOK_LOG = _env("ALIPAY_LOAD_HOOK_LOG")
+TIMING_LOG = _env("ALIPAY_LOAD_TIMING_LOG")
 HOOK_STYLE = _env("ALIPAY_LOAD_HOOK")
 HOOK_SECONDS = float(os.environ.get("ALIPAY_LOAD_HOOK_MS", "0")) / 1000
 # The client's X-Bench-Id of the request being answered. Set by the wrappers below; it reaches the hook
 # in the Alipay pool thread (asgiref copies the context into it) and on the event loop (async hooks).
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("bench_request_id", default="-")
-_log_fd: dict[int, int] = {}  # pid -> descriptor: opened once per worker process
+_log_fd: dict[tuple[int, str], int] = {}  # (pid, file) -> descriptor: opened once per worker process
+
+
+def append(path: str, line: str) -> None:
+    pid = os.getpid()
+    fd = _log_fd.get((pid, path))
+    if fd is None:
+        fd = _log_fd[pid, path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, line.encode())
 
 
 @alipay.order_amount
@@ -75,11 +87,7 @@ def order_amount(out_trade_no: str) -> Decimal:
 
 
 def record(event: PaymentEvent) -> None:
-    pid = os.getpid()
-    fd = _log_fd.get(pid)
-    if fd is None:
-        fd = _log_fd[pid] = os.open(HOOK_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(fd, f"{event.key} {pid} {REQUEST_ID.get()}\n".encode())
+    append(HOOK_LOG, f"{event.key} {os.getpid()} {REQUEST_ID.get()}\n")
 
 
 if HOOK_STYLE == "async":
@@ -110,11 +118,15 @@ _wsgi = alipay.wsgi(inner_wsgi)
 
 
 def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-    token = REQUEST_ID.set(environ.get("HTTP_X_BENCH_ID", "-"))
+    request_id = environ.get("HTTP_X_BENCH_ID", "-")
+    token = REQUEST_ID.set(request_id)
+    started = time.perf_counter()
     try:
         return _wsgi(environ, start_response)  # the notify answer is complete when this returns
     finally:
         REQUEST_ID.reset(token)
+        if request_id != "-":
+            append(TIMING_LOG, f"{request_id} {time.perf_counter() - started:.6f}\n")
 
 
 # -- ASGI (uvicorn) ------------------------------------------------------------------------------------
@@ -140,9 +152,14 @@ _asgi = alipay.asgi(inner_asgi)
 
 
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    request_id = "-"
     if scope["type"] == "http":
         for name, value in scope["headers"]:
             if name == b"x-bench-id":
-                REQUEST_ID.set(value.decode("latin-1"))  # each request runs in its own task and context
+                request_id = value.decode("latin-1")
+                REQUEST_ID.set(request_id)  # each request runs in its own task and context
                 break
-    await _asgi(scope, receive, send)
+    started = time.perf_counter()
+    await _asgi(scope, receive, send)  # returns once the answer is sent
+    if request_id != "-":
+        append(TIMING_LOG, f"{request_id} {time.perf_counter() - started:.6f}\n")

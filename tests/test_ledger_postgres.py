@@ -285,6 +285,18 @@ def test_schema_sql_runs_by_hand_and_the_ledger_then_uses_it(schema: str):
     assert "CREATE SCHEMA" not in schema_sql()  # public exists; creating it would need a database privilege
 
 
+def test_a_table_without_the_claim_function_is_found_at_start_up(ledger: PostgresLedger, table: str):
+    # A table created by hand from an incomplete script, or by a version before the function existed.
+    admin(sql.SQL("DROP FUNCTION {}").format(sql.Identifier("public", f"{table}_claim_v1")))
+    with pytest.raises(ValueError, match=r"does not exist.*schema_sql"):
+        PostgresLedger(POSTGRES, table=table, create_schema=False)
+    restored = PostgresLedger(POSTGRES, table=table)  # create_schema=True puts it back
+    try:
+        assert restored.claim(PAID, BODY, "gbk", "worker", 30).state == CLAIMED
+    finally:
+        restored.close()
+
+
 def test_create_schema_method_restores_a_missing_index(ledger: PostgresLedger, table: str):
     admin(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", f"{table}_order")))
     with pytest.raises(ValueError, match="does not exist"):
@@ -320,6 +332,12 @@ def test_an_app_user_without_ddl_rights_uses_an_existing_table(schema: str):
         with pytest.raises(ValueError, match="permission denied"):  # something to create, and no right to
             PostgresLedger(as_app, schema=schema, table="events")
         admin(schema_sql(schema, "events"))
+        claim_function = sql.SQL("FUNCTION {}").format(sql.Identifier(schema, "events_claim_v1"))
+        admin(sql.SQL("REVOKE EXECUTE ON {} FROM PUBLIC").format(claim_function))
+        with pytest.raises(ValueError, match="EXECUTE its function.*grant"):
+            PostgresLedger(as_app, schema=schema, table="events")
+        admin(sql.SQL("GRANT EXECUTE ON {} TO {}").format(claim_function, sql.Identifier(role)))
+        PostgresLedger(as_app, schema=schema, table="events").close()
         admin(sql.SQL("REVOKE UPDATE ON {} FROM {}").format(sql.Identifier(schema, "events"), sql.Identifier(role)))
         with pytest.raises(ValueError, match="grant"):
             PostgresLedger(as_app, schema=schema, table="events")
@@ -376,6 +394,8 @@ def test_a_held_lock_becomes_ledger_unavailable_not_a_hang(table: str):
                 sql.Identifier("public", table)), (PAID.key,))
             with pytest.raises(LedgerUnavailable, match="lock timeout"):
                 ledger.claim(PAID, BODY, "gbk", "worker-2", 30)
+            with pytest.raises(LedgerUnavailable, match="lock timeout"):  # one statement, the session's timeout
+                ledger.finish(PAID.key)
             blocker.rollback()
         claim = ledger.claim(PAID, BODY, "gbk", "worker-2", 30)
         assert (claim.state, claim.attempt) == (CLAIMED, 2)  # the timed-out attempt left nothing behind

@@ -24,7 +24,10 @@ ascending key order (a claim holds at most one, so no cycle), then inserts the r
 trade lock and only row locks of ``done`` events, in ``id`` order, a batch per transaction; ``export``
 only reads.
 
-Each transaction sets ``lock_timeout`` (``SET LOCAL``), so a lock held by a stuck session becomes
+A claim is one call of the table's function ``<table>_claim_v1`` (created with the table), which takes
+those two locks and writes in a single round trip; ``finish``, ``fail`` and ``reject`` are single
+``UPDATE`` statements. Every wait for a lock is bounded by ``lock_timeout`` (session-wide on the ledger's
+own connections, ``SET LOCAL`` on a pool's), so a lock held by a stuck session becomes
 :class:`~alipay_middleware.errors.LedgerUnavailable` (a retryable 503) instead of a hung request. Every
 psycopg error (server down, broken connection, lock timeout, a value PostgreSQL cannot store such as a
 NUL character in text) surfaces as ``LedgerUnavailable``; a broken connection is discarded and a new one
@@ -34,7 +37,7 @@ clock for every host, so clock skew between app servers cannot stretch or shorte
 Durability: a commit returns only once it is durable with PostgreSQL's default
 ``synchronous_commit=on``; this module never changes that setting.
 
-**Schema**: with ``create_schema=True`` (the default) the table and its indexes are created at
+**Schema**: with ``create_schema=True`` (the default) the table, its indexes and its function are created at
 construction if they are missing; if they exist nothing is run, so an app user without DDL rights works
 too. Shops whose administrator creates tables run :func:`schema_sql` by hand and pass
 ``create_schema=False``: a missing table then fails the construction with ``ValueError``, as does an
@@ -59,7 +62,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 try:
@@ -151,7 +154,83 @@ def _ddl(schema: str, table: str, *, with_schema: bool) -> list[sql.Composed]:
     for suffix, columns in _INDEXES.items():
         statements.append(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
             sql.Identifier(f"{table}_{suffix}"), t, sql.SQL(", ").join(map(sql.Identifier, columns))))
+    statements.append(sql.SQL(_CLAIM_FUNCTION).format(
+        function=sql.Identifier(schema, f"{table}{_CLAIM_SUFFIX}"), table=t,
+        done=sql.Literal(DONE), received=sql.Literal(RECEIVED)))
     return statements
+
+
+# The whole claim in one round trip: a function call instead of seven statements (BEGIN, lock_timeout,
+# trade lock, row lock, trade-lease check, write, COMMIT), which halved the ledger's CPU per notification
+# (benchmarks/README.md). The steps and the lock order are those of the module docstring. A VOLATILE
+# function takes a new snapshot for each statement under READ COMMITTED, so the row read after the
+# advisory lock sees what the previous holder of that lock committed.
+_CLAIM_SUFFIX = "_claim_v1"
+_CLAIM_FUNCTION = """CREATE OR REPLACE FUNCTION {function}(
+    p_key TEXT, p_trade_key TEXT, p_kind TEXT, p_out_trade_no TEXT, p_trade_no TEXT, p_trade_status TEXT,
+    p_notify_id TEXT, p_charset TEXT, p_raw_body BYTEA, p_fields JSONB, p_owner TEXT,
+    p_lease DOUBLE PRECISION, p_lock BIGINT, p_lock_timeout TEXT,
+    OUT state TEXT, OUT attempt INTEGER, OUT retry_after DOUBLE PRECISION)
+LANGUAGE plpgsql VOLATILE AS $claim$
+DECLARE
+    v_now TIMESTAMPTZ;
+    v_found BOOLEAN;
+    v_status TEXT;
+    v_until TIMESTAMPTZ;
+BEGIN
+    state := 'busy';
+    attempt := 0;
+    retry_after := 0;
+    -- A copy of an event that is done, or whose hook is running, is answered without waiting for the
+    -- trade lock: both states are read from committed rows, and done is final.
+    SELECT e.status, e.lease_until INTO v_status, v_until FROM {table} AS e WHERE e.dedupe_key = p_key;
+    v_now := clock_timestamp();
+    IF v_status = {done} THEN
+        state := 'done';
+        RETURN;
+    END IF;
+    IF v_status = {received} AND v_until > v_now THEN
+        retry_after := extract(epoch FROM v_until - v_now);
+        RETURN;
+    END IF;
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+    PERFORM pg_advisory_xact_lock(p_lock);
+    v_now := clock_timestamp();
+    SELECT e.status, e.lease_until INTO v_status, v_until FROM {table} AS e WHERE e.dedupe_key = p_key FOR UPDATE;
+    v_found := FOUND;
+    IF v_found AND v_status = {done} THEN
+        state := 'done';
+        RETURN;
+    END IF;
+    IF v_found AND v_status = {received} AND v_until > v_now THEN
+        retry_after := extract(epoch FROM v_until - v_now);
+        RETURN;
+    END IF;
+    SELECT max(e.lease_until) INTO v_until FROM {table} AS e
+        WHERE e.trade_key = p_trade_key AND e.status = {received} AND e.lease_until > v_now AND e.dedupe_key <> p_key;
+    IF v_until IS NOT NULL THEN
+        retry_after := extract(epoch FROM v_until - v_now);
+        RETURN;
+    END IF;
+    state := 'claimed';
+    IF NOT v_found THEN
+        INSERT INTO {table} (dedupe_key, trade_key, kind, status, out_trade_no, trade_no, trade_status,
+            notify_id, charset, raw_body, fields, reason, error, attempts, received_at, updated_at,
+            lease_owner, lease_until)
+        VALUES (p_key, p_trade_key, p_kind, {received}, p_out_trade_no, p_trade_no, p_trade_status, p_notify_id,
+            p_charset, p_raw_body, p_fields, NULL, NULL, 1, v_now, v_now, p_owner,
+            v_now + make_interval(secs => p_lease))
+        ON CONFLICT (dedupe_key) DO NOTHING RETURNING attempts INTO attempt;
+        IF attempt IS NULL THEN  -- recorded by a claim that did not hold this trade's lock
+            RAISE EXCEPTION 'event % was recorded concurrently under another trade key', p_key;
+        END IF;
+        RETURN;
+    END IF;
+    UPDATE {table} SET status = {received}, lease_owner = p_owner,
+            lease_until = v_now + make_interval(secs => p_lease), attempts = attempts + 1, updated_at = v_now
+        WHERE dedupe_key = p_key RETURNING attempts INTO attempt;
+END
+$claim$"""
 
 
 def schema_sql(schema: str = "public", table: str = "alipay_events") -> str:
@@ -252,7 +331,7 @@ class PostgresLedger(Ledger):
                 if not self._schema_complete(conn):
                     if not create:
                         raise ValueError(
-                            f"the ledger table {self.schema}.{self.table} (or one of its indexes) does not exist. "
+                            f"the ledger table {self.schema}.{self.table} (or one of its indexes, or its claim function) does not exist. "
                             "Have an administrator run the SQL printed by "
                             f"alipay_middleware.ledger.postgres.schema_sql({self.schema!r}, {self.table!r}), "
                             "or pass create_schema=True to let this user create it."
@@ -280,11 +359,13 @@ class PostgresLedger(Ledger):
         names = [self.table, *(f"{self.table}_{suffix}" for suffix in _INDEXES)]
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
             row = cur.execute(
-                "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)",
-                (self.schema, names),
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)), "
+                "(SELECT count(*) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s)",
+                (self.schema, names, self.schema, f"{self.table}{_CLAIM_SUFFIX}"),
             ).fetchone()
-        return row is not None and row[0] == len(names)
+        return row is not None and row[0] == len(names) and row[1] == 1
 
     def _run_ddl(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
@@ -301,13 +382,15 @@ class PostgresLedger(Ledger):
             cur.execute(self._q.probe)
             # One privilege per call: given a list, has_table_privilege answers whether *any* is held.
             row = cur.execute("SELECT has_table_privilege(%(t)s, 'SELECT') AND has_table_privilege(%(t)s, 'INSERT') "
-                              "AND has_table_privilege(%(t)s, 'UPDATE')", {"t": self._q.qualified}).fetchone()
+                              "AND has_table_privilege(%(t)s, 'UPDATE') AND has_function_privilege(%(f)s, 'EXECUTE')",
+                              {"t": self._q.qualified, "f": self._q.claim_signature}).fetchone()
         if row is None or not row[0]:
-            raise ValueError(f"the database user may not SELECT, INSERT and UPDATE {self.schema}.{self.table}; "
+            raise ValueError(f"the database user may not SELECT, INSERT and UPDATE {self.schema}.{self.table} or "
+                             f"EXECUTE its function {self.schema}.{self.table}{_CLAIM_SUFFIX}; "
                              "grant those privileges to the app's user")
 
     def create_schema(self) -> None:
-        """Create the table and its indexes if missing (runs :func:`schema_sql`; needs DDL rights)."""
+        """Create the table, its indexes and its function if missing (runs :func:`schema_sql`; needs DDL rights)."""
         try:
             with self._borrow() as conn:
                 self._run_ddl(conn)
@@ -323,7 +406,15 @@ class PostgresLedger(Ledger):
             self._held = [h for h in self._held if h not in ended]
         for held in ended:
             self._close_quietly(held.conn)
-        held = _Held(pid, threading.current_thread(), psycopg.connect(**self._params, autocommit=True))
+        conn = psycopg.connect(**self._params, autocommit=True)
+        try:
+            # Session-wide on a connection of our own, so single statements need no transaction around
+            # them; a pool's connections get SET LOCAL instead (see _tx), leaving no state behind.
+            conn.execute(self._q.set_session_lock_timeout)
+        except psycopg.Error:
+            self._close_quietly(conn)
+            raise
+        held = _Held(pid, threading.current_thread(), conn)
         with self._held_lock:
             self._held.append(held)
         return held
@@ -367,11 +458,19 @@ class PostgresLedger(Ledger):
                 self._discard(conn)
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+    def _tx(self, *, single: bool = False) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+        """A transaction; with ``single=True`` the caller runs one statement, which on a connection of
+        our own (autocommit, session lock_timeout) is a transaction by itself: one round trip, not four."""
         try:
-            with self._borrow() as conn, conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                cur.execute(self._q.set_lock_timeout)
-                yield cur
+            with self._borrow() as conn:
+                if single and self._pool is None:
+                    with conn.cursor(row_factory=tuple_row) as cur:
+                        yield cur
+                    return
+                with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+                    if self._pool is not None:
+                        cur.execute(self._q.set_lock_timeout)
+                    yield cur
         except psycopg.Error as exc:
             raise LedgerUnavailable(f"postgresql: {_oneline(exc)}") from exc
 
@@ -379,34 +478,22 @@ class PostgresLedger(Ledger):
 
     def claim(self, event: PaymentEvent, raw_body: bytes, charset: str, owner: str, lease: float) -> Claim:
         q = self._q
-        with self._tx() as cur:
-            # The trade lock first (see the module docstring); "now" is read once it is held.
-            (now,) = _one(cur.execute(q.lock_trade, (q.lock_key(event.trade_key),)))
-            row = cur.execute(q.claim_row, (event.key,)).fetchone()
-            if row is not None and row[0] == DONE:
-                return Claim(ALREADY_DONE)
-            if row is not None and row[0] == RECEIVED and row[1] is not None and row[1] > now:
-                return Claim(BUSY, retry_after=(row[1] - now).total_seconds())
-            (other,) = _one(cur.execute(q.trade_lease, (event.trade_key, RECEIVED, now, event.key)))
-            if other is not None:
-                return Claim(BUSY, retry_after=(other - now).total_seconds())
-            until = now + timedelta(seconds=lease)
-            if row is None:
-                inserted = cur.execute(
-                    q.insert_claimed, (*_row(event, raw_body, charset, RECEIVED), now, now, owner, until)
-                ).fetchone()
-                if inserted is None:  # the key was recorded by a claim that did not hold this trade's lock
-                    raise LedgerUnavailable(f"event {event.key} was recorded concurrently under another trade key")
-                return Claim(CLAIMED, attempt=1)
-            (attempts,) = _one(cur.execute(q.retake, (RECEIVED, owner, until, now, event.key)))
-            return Claim(CLAIMED, attempt=attempts)
+        row = _row(event, raw_body, charset, RECEIVED)
+        args = (*row[:3], *row[4:], owner, lease, q.lock_key(event.trade_key), q.lock_timeout)
+        with self._tx(single=True) as cur:
+            state, attempt, retry_after = _one(cur.execute(q.claim, args))
+        if state == CLAIMED:
+            return Claim(CLAIMED, attempt=attempt)
+        if state == ALREADY_DONE:
+            return Claim(ALREADY_DONE)
+        return Claim(BUSY, retry_after=retry_after)
 
     def finish(self, key: str, note: str | None = None) -> None:
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(self._q.finish, (DONE, note, key))
 
     def _release(self, key: str, owner: str, status: str, reason: str | None, error: str | None) -> None:
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(self._q.release, (status, reason, error, key, RECEIVED, owner))
 
     def fail(self, key: str, owner: str, error: str) -> None:
@@ -418,16 +505,16 @@ class PostgresLedger(Ledger):
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
         row = _row(event, raw_body, charset, REJECTED)
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(self._q.insert_foreign, (f"foreign:{ident}", f"foreign:{event.trade_key}", *row[2:], reason))
 
     def is_done(self, key: str) -> bool:
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             row = cur.execute(self._q.status, (key,)).fetchone()
         return row is not None and row[0] == DONE
 
     def get(self, key: str) -> StoredEvent | None:
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             row = cur.execute(self._q.get, (key,)).fetchone()
         return _stored(row) if row is not None else None
 
@@ -446,7 +533,7 @@ class PostgresLedger(Ledger):
             query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
         # SQLite reads a negative LIMIT as "no limit"; PostgreSQL's spelling of that is LIMIT NULL.
         args.append(limit if limit >= 0 else None)
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
         return [_stored(row) for row in rows]
 
@@ -455,12 +542,12 @@ class PostgresLedger(Ledger):
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
         cutoff = check_aware(before)
         if dry_run:
-            with self._tx() as cur:
+            with self._tx(single=True) as cur:
                 (count,) = _one(cur.execute(self._q.count_prunable, (DONE, cutoff)))
             return int(count)
         pruned = 0
         while True:  # short transactions: resends of the events being pruned are not kept waiting
-            with self._tx() as cur:
+            with self._tx(single=True) as cur:
                 batch = cur.execute(self._q.prune, (list(PRUNE_KEEP), DONE, cutoff, _PRUNE_BATCH)).rowcount
             pruned += batch
             if batch < _PRUNE_BATCH:
@@ -469,7 +556,7 @@ class PostgresLedger(Ledger):
     def export(self, batch: int = 500) -> Iterator[StoredEvent]:
         after = 0
         while True:
-            with self._tx() as cur:
+            with self._tx(single=True) as cur:
                 rows = cur.execute(self._q.export, (after, batch)).fetchall()
             yield from (_stored(row[1:]) for row in rows)  # outside the transaction
             if len(rows) < batch:
@@ -550,36 +637,31 @@ class _Queries:
             sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in _FIELDS
         )
         values = sql.SQL(", ").join(sql.SQL("%s::jsonb" if name == "fields" else "%s") for name in _FIELDS[:11])
-        milliseconds = max(1, round(lock_timeout * 1000))
-        self.set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{milliseconds}ms"))
-        # The function scan returns its row once the lock is held, so clock_timestamp() is read after it.
-        self.lock_trade = sql.SQL("SELECT clock_timestamp() FROM pg_advisory_xact_lock(%s)")
-        self.claim_row = sql.SQL("SELECT status, lease_until FROM {} WHERE dedupe_key = %s FOR UPDATE").format(t)
-        self.trade_lease = sql.SQL(
-            "SELECT MAX(lease_until) FROM {} WHERE trade_key = %s AND status = %s AND lease_until > %s "
-            "AND dedupe_key <> %s"
-        ).format(t)
-        self.insert_claimed = sql.SQL(
-            "INSERT INTO {} ({}, lease_owner, lease_until) VALUES ({}, NULL, NULL, 1, %s, %s, %s, %s) "
-            "ON CONFLICT (dedupe_key) DO NOTHING RETURNING attempts"
-        ).format(t, columns, values)
-        self.retake = sql.SQL(
-            "UPDATE {} SET status = %s, lease_owner = %s, lease_until = %s, attempts = attempts + 1, "
-            "updated_at = %s WHERE dedupe_key = %s RETURNING attempts"
-        ).format(t)
+        self.lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
+        self.set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(self.lock_timeout))
+        self.set_session_lock_timeout = sql.SQL("SET lock_timeout = {}").format(sql.Literal(self.lock_timeout))
+        self.lock_trade = sql.SQL("SELECT pg_advisory_xact_lock(%s)")
+        function = sql.Identifier(schema, f"{table}{_CLAIM_SUFFIX}")
+        self.claim_signature = sql.SQL(
+            "{}(text, text, text, text, text, text, text, text, bytea, jsonb, text, double precision, bigint, text)"
+        ).format(function).as_string(None)
+        # The hot statements as bytes, composed once rather than on every call.
+        self.claim = sql.SQL("SELECT state, attempt, retry_after FROM {}({})").format(
+            function, sql.SQL(", ").join([sql.SQL("%s")] * 9 + [sql.SQL("%s::jsonb")] + [sql.SQL("%s")] * 4)
+        ).as_bytes(None)
         self.finish = sql.SQL(
             "UPDATE {} SET status = %s, lease_owner = NULL, lease_until = NULL, error = NULL, reason = %s, "
             "updated_at = statement_timestamp() WHERE dedupe_key = %s"
-        ).format(t)
+        ).format(t).as_bytes(None)
         self.release = sql.SQL(
             "UPDATE {} SET status = %s, reason = %s, error = %s, lease_owner = NULL, lease_until = NULL, "
             "updated_at = statement_timestamp() WHERE dedupe_key = %s AND status = %s AND lease_owner = %s"
-        ).format(t)
+        ).format(t).as_bytes(None)
         self.insert_foreign = sql.SQL(
             "INSERT INTO {} AS e ({}) VALUES ({}, %s, NULL, 1, statement_timestamp(), statement_timestamp()) "
             "ON CONFLICT (dedupe_key) DO UPDATE SET attempts = e.attempts + 1, updated_at = excluded.updated_at"
         ).format(t, columns, values)
-        self.status = sql.SQL("SELECT status FROM {} WHERE dedupe_key = %s").format(t)
+        self.status = sql.SQL("SELECT status FROM {} WHERE dedupe_key = %s").format(t).as_bytes(None)
         self.select = sql.SQL("SELECT {} FROM {}").format(selected, t)
         self.get = sql.SQL("{} WHERE dedupe_key = %s").format(self.select)
         self.probe = sql.SQL("SELECT {} FROM {} WHERE false").format(selected, t)
