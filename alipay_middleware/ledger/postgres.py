@@ -331,7 +331,8 @@ class PostgresLedger(Ledger):
                 if not self._schema_complete(conn):
                     if not create:
                         raise ValueError(
-                            f"the ledger table {self.schema}.{self.table} (or one of its indexes, or its claim function) does not exist. "
+                            f"the ledger table {self.schema}.{self.table} (or one of its indexes, or its claim "
+                            "function) does not exist. "
                             "Have an administrator run the SQL printed by "
                             f"alipay_middleware.ledger.postgres.schema_sql({self.schema!r}, {self.table!r}), "
                             "or pass create_schema=True to let this user create it."
