@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import json
 import os
 import threading
 import uuid
@@ -29,6 +30,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import Alipay, OpenApiConfig
 from alipay_middleware.signing import sign_string
+from alipay_middleware.simulator import LegacyMerchant, Merchant, Simulator
 
 VECTORS = Path(__file__).parent / "vectors"
 APP_ID = "2021000000000001"
@@ -489,3 +491,39 @@ def make_legacy(gateway_stub: GatewayStub, new_ledger: Callable[[], Any]) -> Ite
     yield _make
     for alipay in made:
         alipay.close()
+
+
+# -- the simulator ---------------------------------------------------------------------------------------------------
+
+_RSA_VECTORS = {v["id"]: v for v in json.loads((VECTORS / "legacy-rsa-vectors.json").read_text())["vectors"]}
+#: Two 1024-bit keys from the legacy vectors: the RSA merchant's, and the simulator's stand-in legacy key.
+LEGACY_MERCHANT_KEY = RSA.import_key(_RSA_VECTORS["chloerei-rsa-sha1"]["private_key_pem"])
+LEGACY_ALIPAY_KEY = _RSA_VECTORS["omnipay-rsa-sha1"]["private_key_pem"]
+RSA_PARTNER = "2088000000000003"
+
+
+def make_sim(keys: Keys, **kwargs: Any) -> Simulator:
+    """A simulator that knows the test app (``keys``), the MD5 partner and the RSA partner."""
+    settings: dict[str, Any] = dict(
+        merchants=[Merchant(app_id=APP_ID, public_key=keys.app.public_key().export_key().decode(),
+                            seller_id=SELLER_ID, name="Tea Shop")],
+        legacy_merchants=[LegacyMerchant(partner=PARTNER, md5_key=MD5_KEY, name="Old Shop"),
+                          LegacyMerchant(partner=RSA_PARTNER, rsa_public_key=LEGACY_MERCHANT_KEY.public_key()
+                                         .export_key().decode())],
+        alipay_private_key=keys.alipay.export_key().decode(),
+        legacy_private_key=LEGACY_ALIPAY_KEY,
+        time_scale=0.0001,
+    )
+    settings.update(kwargs)
+    return Simulator(**settings)
+
+
+@pytest.fixture
+def state_dir(keys: Keys, tmp_path: Path) -> Path:
+    """A fresh state directory for ``examples/demo.py`` holding the session's keys (the demo would
+    otherwise generate two RSA keys, which takes a moment)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "demo-app-private.pem").write_text(keys.app_private_pem)
+    (state / "demo-alipay-private.pem").write_text(keys.alipay.export_key().decode())
+    return state
