@@ -1,29 +1,28 @@
-"""The shop's essentials on FastAPI (ASGI): the same orders table, async hooks.
+"""The same shop on FastAPI (ASGI): the same orders table and pages, async hooks.
 
+    python examples/demo.py --shop fastapi   # demo mode: no account, a local Alipay simulator
     ALIPAY_APP_ID=... ALIPAY_APP_PRIVATE_KEY=... ALIPAY_PUBLIC_KEY=... python examples/fastapi_shop.py
     # or: uvicorn --app-dir examples --factory fastapi_shop:app_from_env
 
-Needs a real (sandbox) app: the variables are those of ``shop_core.py``. There is no demo mode here,
-because the stand-in checkout is a WSGI app and mounting WSGI inside Starlette needs
-``starlette.middleware.wsgi`` (deprecated, warns on import) or the extra ``a2wsgi`` package. Use
-``python examples/demo.py`` (the Flask shop) to try the journey without an account.
+The variables are those of ``shop_core.py``; the journey is the one described in ``flask_shop.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+import pages
+import shop_core
 from alipay_middleware import Alipay, AlipayASGIMiddleware, PaymentEvent, ReturnResult
-from shop_core import CLOSED, PAID, PRODUCTS, Order, OrderStore, ShopSettings, settings_from_env
+from shop_core import PENDING, PRODUCTS, OrderStore, ShopSettings, settings_from_env
 
 
 def create_app(settings: ShopSettings) -> FastAPI:
@@ -44,6 +43,10 @@ def create_app(settings: ShopSettings) -> FastAPI:
     async def closed(event: PaymentEvent) -> None:
         await asyncio.to_thread(store.mark_closed, event.out_trade_no)
 
+    @alipay.on_refunded
+    async def refunded(event: PaymentEvent) -> None:
+        await asyncio.to_thread(store.mark_refunded, event.out_trade_no, event.out_biz_no, event.refund_fee)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -56,69 +59,68 @@ def create_app(settings: ShopSettings) -> FastAPI:
     # the return path also scope["alipay.return"] (the verified return, or None).
     app.add_middleware(AlipayASGIMiddleware, alipay=alipay)
 
+    async def form(request: Request) -> dict[str, str]:
+        # Parsed by hand: FastAPI's Form() needs the python-multipart package for one field.
+        return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8")).items()}
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
-        buttons = "".join(
-            f'<form method="post" action="/buy"><input type="hidden" name="product" value="{html.escape(p.id)}">'
-            f"<p>{html.escape(p.name)}: ¥{p.price} <button>Pay with Alipay</button></p></form>"
-            for p in PRODUCTS.values())
-        return _page("Tea shop", buttons)
+        orders = await asyncio.to_thread(store.recent)
+        return pages.index_page(PRODUCTS.values(), orders, demo=settings.demo)
 
     @app.post("/buy")
     async def buy(request: Request) -> RedirectResponse:
-        # Parsed by hand: FastAPI's Form() needs the python-multipart package for one field.
-        form = parse_qs((await request.body()).decode("utf-8"))
-        product = PRODUCTS.get(form.get("product", [""])[0])
+        product = PRODUCTS.get((await form(request)).get("product", ""))
         if product is None:
             raise HTTPException(400, "no such product")
         order = await asyncio.to_thread(store.create, product)
+        return await pay_redirect(request, order.out_trade_no)
+
+    @app.post("/orders/{out_trade_no}/pay")
+    async def pay_again(request: Request, out_trade_no: str) -> RedirectResponse:
+        return await pay_redirect(request, out_trade_no)
+
+    async def pay_redirect(request: Request, out_trade_no: str) -> RedirectResponse:
+        order = await asyncio.to_thread(store.get, out_trade_no)
+        if order is None:
+            raise HTTPException(404)
+        if order.status != PENDING:
+            return RedirectResponse(pages.order_path(out_trade_no), status_code=303)
         url = request.scope["alipay"].page_pay_url(
             out_trade_no=order.out_trade_no, total_amount=order.amount, subject=order.subject)
         return RedirectResponse(url, status_code=303)
 
-    @app.get("/orders/{out_trade_no}", response_class=HTMLResponse)
-    async def order_page(out_trade_no: str) -> str:
-        order = await asyncio.to_thread(store.get, out_trade_no)
-        if order is None:
+    async def render_order(out_trade_no: str, error: str | None = None, status: int = 200) -> HTMLResponse:
+        found = await asyncio.to_thread(store.with_refunds, out_trade_no)
+        if found is None:
             raise HTTPException(404)
-        return _page(f"Order {order.out_trade_no}", _order_table(order))
+        return HTMLResponse(pages.order_page(*found, demo=settings.demo, error=error), status)
+
+    @app.get("/orders/{out_trade_no}")
+    async def order_page(out_trade_no: str) -> HTMLResponse:
+        return await render_order(out_trade_no)
+
+    @app.post("/orders/{out_trade_no}/refund", response_model=None)
+    async def refund(request: Request, out_trade_no: str) -> HTMLResponse | RedirectResponse:
+        amount = (await form(request)).get("amount", "")
+        # The refund logic is the Flask shop's (shop_core.refund, sync): run in a thread, it blocks no
+        # other request. Written for async from scratch, it would await alipay.aclient.refund(...).
+        error = await asyncio.to_thread(shop_core.refund, store, alipay.client, out_trade_no, amount)
+        if error is not None:
+            return await render_order(out_trade_no, error, 400)
+        return RedirectResponse(pages.order_path(out_trade_no), status_code=303)
 
     @app.get(alipay.return_path, response_class=HTMLResponse)
     async def alipay_return(request: Request) -> str:
         result: ReturnResult | None = request.scope.get("alipay.return")
-        if result is None:
-            return _page("Back from Alipay", '<p id="return" data-state="unverified">We could not verify this '
-                         "return; your order page shows the status Alipay confirms to us directly.</p>")
-        order = await asyncio.to_thread(store.get, result.out_trade_no)
-        if order is None:
-            return _page("Back from Alipay", '<p id="return" data-state="unknown">Unknown order.</p>')
-        state, text = {
-            PAID: ("paid", "Payment confirmed. Thank you!"),
-            CLOSED: ("closed", "Alipay closed this order unpaid; nothing was charged."),
-        }.get(order.status, ("waiting", "Verified; waiting for Alipay's confirmation of the payment."))
-        link = html.escape(f"/orders/{quote(order.out_trade_no)}")
-        return _page("Back from Alipay", f'<p id="return" data-state="{state}">{text}</p>'
-                     f'<p><a id="order-link" href="{link}">Order {html.escape(order.out_trade_no)}</a></p>')
+        order = None if result is None else await asyncio.to_thread(store.get, result.out_trade_no)
+        return pages.back_from_alipay(result, order, demo=settings.demo)
 
     return app
 
 
-def _order_table(order: Order) -> str:
-    return (f"<p>{html.escape(order.subject)}, ¥{order.amount}: "
-            f'<strong id="status">{html.escape(order.status)}</strong></p>')
-
-
-def _page(title: str, body: str) -> str:
-    """``body`` is markup whose values were escaped where they were put in."""
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title></head>"
-            f"<body><h1>{html.escape(title)}</h1>{body}<p><a href=\"/\">Shop</a></p></body></html>")
-
-
 def app_from_env() -> FastAPI:
-    if not os.environ.get("ALIPAY_APP_ID"):
-        raise SystemExit("fastapi_shop needs ALIPAY_APP_ID, ALIPAY_APP_PRIVATE_KEY and ALIPAY_PUBLIC_KEY "
-                         "(see shop_core.py); for the no-account demo run: python examples/demo.py")
-    return create_app(settings_from_env())
+    return create_app(settings_from_env())  # exits with a pointer to the demo when ALIPAY_APP_ID is unset
 
 
 if __name__ == "__main__":

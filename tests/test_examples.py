@@ -1,4 +1,4 @@
-"""The examples keep working: the demo's headless journey, the stand-in checkout, the FastAPI shop.
+"""The examples keep working: the demo's headless journey on both shops, refunds and their failures.
 
 The examples are scripts (``python examples/demo.py`` puts ``examples/`` first on ``sys.path``), not a
 package, so this module does the same before importing them.
@@ -6,183 +6,239 @@ package, so this module does the same before importing them.
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
-import shutil
+import re
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
+from flask import Flask
 from werkzeug.test import Client
+
+from conftest import Keys
+from openapi_gateway import OpenApiGateway
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import demo  # noqa: E402
-import demo_gateway  # noqa: E402
+import flask_shop  # noqa: E402
 import shop_core  # noqa: E402
-
-FORM = "application/x-www-form-urlencoded; charset=utf-8"
-ORIGIN = "http://127.0.0.1:8000"
-
-
-@pytest.fixture(scope="module")
-def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Demo keys generated once for the module (RSA 2048 twice takes a moment)."""
-    directory = tmp_path_factory.mktemp("demo-keys")
-    demo_gateway.load_or_create_keys(directory)
-    return directory
-
-
-@pytest.fixture
-def state_dir(keys_dir: Path, tmp_path: Path) -> Path:
-    """A fresh demo state directory (own databases) holding the module's keys."""
-    state = tmp_path / "state"
-    shutil.copytree(keys_dir, state)
-    return state
-
-
-def _query(url: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
-
 
 # -- the demo --------------------------------------------------------------------------------------------
 
 
-def test_demo_check_runs_the_whole_journey(state_dir: Path) -> None:
+@pytest.mark.parametrize("shop", demo.SHOPS)
+def test_demo_check_pays_and_refunds_end_to_end(state_dir: Path, shop: str) -> None:
     out = io.StringIO()
-    out_trade_no = demo.run_check(state_dir, out=out)
+    out_trade_no = demo.run_check(state_dir, shop=shop, out=out)
     log = out.getvalue()
-    assert "[7/7]" in log and out_trade_no in log
-    order = shop_core.OrderStore(state_dir / "shop.sqlite3").get(out_trade_no)
-    assert order is not None and order.status == shop_core.PAID and order.trade_no
+    assert "[10/10]" in log and out_trade_no in log, log
+    store = shop_core.OrderStore(state_dir / "shop.sqlite3")
+    order = store.get(out_trade_no)
+    assert order is not None and order.status == shop_core.REFUNDED and order.trade_no
+    assert order.refunded_amount == order.amount
+    refunds = store.refunds(out_trade_no)
+    assert [(r.out_request_no, r.state) for r in refunds] == [
+        (f"{out_trade_no}R1", shop_core.DONE), (f"{out_trade_no}R2", shop_core.DONE)]
+    assert sum(r.amount for r in refunds) == order.amount
 
 
 def test_demo_main_check_exits_zero(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--check", "--state-dir", str(state_dir)]) == 0
-    assert "paid end to end" in capsys.readouterr().out
+    assert "paid and refunded end to end" in capsys.readouterr().out
+
+
+def test_demo_serves_on_loopback_only(state_dir: Path) -> None:
+    with demo.Demo(state_dir, port=0, simulator_port=0, quiet=True) as running:
+        assert running.url.startswith("http://127.0.0.1:")
+        assert running.simulator_server.url.startswith("http://127.0.0.1:")
+        assert running.settings.config.gateway == running.simulator_server.gateway_url
+        assert running.settings.config.alipay_public_key == running.simulator.alipay_public_key_pem
 
 
 def test_demo_keys_are_made_once_kept_private_and_git_ignored(tmp_path: Path) -> None:
-    first = demo_gateway.load_or_create_keys(tmp_path / ".demo")
-    again = demo_gateway.load_or_create_keys(tmp_path / ".demo")
-    assert first.app.n == again.app.n and first.alipay.n == again.alipay.n
-    assert first.app.n != first.alipay.n and first.app.size_in_bits() == 2048
+    first = shop_core.load_or_create_keys(tmp_path / ".demo")
+    again = shop_core.load_or_create_keys(tmp_path / ".demo")
+    assert first == again and first.app_private_pem != first.alipay_private_pem
     assert (tmp_path / ".demo" / ".gitignore").read_text().splitlines()[-1] == "*"
     if sys.platform != "win32":
         assert {p.stat().st_mode & 0o777 for p in (tmp_path / ".demo").glob("*.pem")} == {0o600}
     assert not list((tmp_path / ".demo").glob(".*.pem.*")), "temporary key files left behind"
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "localhost", "192.168.1.2", "::"])
-def test_demo_refuses_to_bind_beyond_127_0_0_1(host: str) -> None:
-    with pytest.raises(SystemExit, match="refusing to bind"):
-        demo_gateway.require_loopback(host)
-
-
-def test_stand_in_checkout_verifies_the_request(state_dir: Path) -> None:
-    settings = shop_core.demo_settings(state_dir, ORIGIN)
-    gateway = settings.demo_gateway
-    assert gateway is not None
-    from alipay_middleware import Alipay
-
-    alipay = Alipay(settings.config, ledger=":memory:")
-    try:
-        helper = alipay.helper(ORIGIN)
-        url = helper.page_pay_url(out_trade_no="T-42", total_amount="12.30", subject="Oolong <b>tea</b>")
-        client = Client(gateway)
-        query = urlsplit(url).query
-        local = {"REMOTE_ADDR": "127.0.0.1"}  # as werkzeug's dev server sets it for a local browser
-
-        page = client.get(f"/gateway.do?{query}", environ_base=local)
-        assert page.status_code == 200
-        assert "12.30" in page.text and "Oolong &lt;b&gt;tea&lt;/b&gt;" in page.text
-        assert "NOT ALIPAY" in page.text
-
-        tampered = client.get("/gateway.do?" + query.replace("12.30", "0.01"), environ_base=local)
-        assert tampered.status_code == 400 and "signature does not verify" in tampered.text
-
-        remote = client.get(f"/gateway.do?{query}", environ_base={"REMOTE_ADDR": "10.0.0.7"})
-        assert remote.status_code == 403
-
-        # The stand-in never makes server-to-server calls off this machine.
-        elsewhere = helper.page_pay_url(out_trade_no="T-43", total_amount="1.00", subject="Tea",
-                                        notify_url="http://shop.example/alipay/notify")
-        refused = client.get("/gateway.do?" + urlsplit(elsewhere).query, environ_base=local)
-        assert refused.status_code == 400 and "127.0.0.1" in refused.text
-    finally:
-        alipay.close()
-        gateway.close()
-
-
-def test_settings_from_env_use_the_sandbox_by_default(keys_dir: Path, tmp_path: Path) -> None:
-    keys = demo_gateway.load_or_create_keys(keys_dir)
+def test_settings_from_env_use_the_sandbox_by_default(keys: Keys, tmp_path: Path) -> None:
     env = {"ALIPAY_APP_ID": "2021000000000077", "ALIPAY_APP_PRIVATE_KEY": keys.app_private_pem,
            "ALIPAY_PUBLIC_KEY": keys.alipay_public_pem}
     settings = shop_core.settings_from_env(env, workdir=tmp_path)
     assert not settings.demo and settings.config.gateway == shop_core.SANDBOX_GATEWAY
     assert settings.config.seller_id is None and settings.database == tmp_path / "shop.sqlite3"
-    with pytest.raises(SystemExit, match="ALIPAY_PUBLIC_KEY"):
+    app = flask_shop.create_app(settings)
+    try:
+        page = Client(app).get("/", base_url="http://shop.example")
+        assert page.status_code == 200 and "Pay with Alipay" in page.text and "Demo mode" not in page.text
+        bought = Client(app).post("/buy", data={"product": "tea"}, base_url="https://shop.example")
+        assert bought.status_code == 303 and bought.headers["location"].startswith(shop_core.SANDBOX_GATEWAY + "?")
+    finally:
+        app.extensions["alipay"].close()
+    live = shop_core.settings_from_env({**env, "ALIPAY_GATEWAY": "https://openapi.alipay.com/gateway.do"},
+                                       workdir=tmp_path)
+    assert live.config.gateway == "https://openapi.alipay.com/gateway.do"
+    with pytest.raises(SystemExit, match="ALIPAY_PUBLIC_KEY.*python examples/demo.py"):
         shop_core.settings_from_env({"ALIPAY_APP_ID": "2021000000000077", "ALIPAY_APP_PRIVATE_KEY": "x"})
 
 
-# -- the FastAPI shop ------------------------------------------------------------------------------------
+# -- refunds in the shop: what the order page says for every outcome ------------------------------------
 
 
-def test_fastapi_shop_journey(state_dir: Path) -> None:
-    fastapi_shop = pytest.importorskip("fastapi_shop")
-    settings = shop_core.demo_settings(state_dir, ORIGIN)
-    app = fastapi_shop.create_app(settings)
+@dataclass
+class Shop:
+    app: Flask
+    client: Client
+    store: shop_core.OrderStore
+    gateway: OpenApiGateway
+
+    def paid_order(self, *, alipay_status: str = "TRADE_SUCCESS") -> shop_core.Order:
+        order = self.store.create(shop_core.PRODUCTS["tea"])
+        trade = self.gateway.add_trade(order.out_trade_no, alipay_status, str(order.amount))
+        assert self.store.mark_paid(order.out_trade_no, trade.trade_no, None)
+        return order
+
+    def refund(self, out_trade_no: str, amount: str) -> tuple[int, str]:
+        """POST the refund form, follow the redirect: the status and the page the buyer sees."""
+        reply = self.client.post(f"/orders/{out_trade_no}/refund", data={"amount": amount})
+        assert reply.status_code != 500
+        if reply.status_code == 303:
+            assert reply.headers["location"] == f"/orders/{out_trade_no}"
+            return 303, self.client.get(f"/orders/{out_trade_no}").text
+        return reply.status_code, reply.text
+
+    def refund_requests(self) -> list[str]:
+        return [r.biz["out_request_no"] for r in self.gateway.received if r.method == "alipay.trade.refund"]
+
+
+def _shop(keys: Keys, state_dir: Path, gateway: OpenApiGateway, gateway_url: str) -> Iterator[Shop]:
+    demo_keys = shop_core.load_or_create_keys(state_dir)
+    app = flask_shop.create_app(shop_core.demo_settings(state_dir, demo_keys, keys.alipay_public_pem, gateway_url))
     try:
-        asyncio.run(_fastapi_journey(app, settings, demo_gateway.load_or_create_keys(state_dir)))
+        yield Shop(app, Client(app), app.extensions["orders"], gateway)
     finally:
-        app.state.alipay.close()  # what the app's lifespan does; httpx's transport runs no lifespan
+        app.extensions["alipay"].close()
 
 
-async def _fastapi_journey(app: Any, settings: shop_core.ShopSettings, keys: demo_gateway.DemoKeys) -> None:
-    # httpx's ASGI transport rather than starlette's TestClient, which warns unless httpx2 is installed.
-    # base_url on 127.0.0.1: the callback URLs are derived from the request's host, and the stand-in's
-    # checks (reused below) accept loopback callback URLs only.
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as client:
-        assert (await client.get("/")).status_code == 200
-        bought = await client.post("/buy", data={"product": "tea"})
-        assert bought.status_code == 303
-        location = bought.headers["location"]
-        assert location.startswith(settings.config.gateway + "?")
+@pytest.fixture
+def gateway(keys: Keys) -> Iterator[OpenApiGateway]:
+    stub = OpenApiGateway(keys.app.public_key(), keys.alipay, shop_core.DEMO_APP_ID)
+    yield stub
+    stub.close()
+    assert stub.problems == []
 
-        # Play Alipay with the stand-in's own functions: verify the request, sign the callbacks.
-        request = demo_gateway.read_pay_request(_query(location), keys.app.public_key(), demo_gateway.DEMO_APP_ID)
-        assert request.total_amount == "9.90" and request.notify_url == f"{ORIGIN}/alipay/notify"
-        assert json.loads(request.params["biz_content"])["product_code"] == "FAST_INSTANT_TRADE_PAY"
-        order_path = f"/orders/{request.out_trade_no}"
-        assert 'id="status">pending<' in (await client.get(order_path)).text
 
-        async def notify(fields: dict[str, str]) -> httpx.Response:
-            body = demo_gateway.form_encode(demo_gateway.sign_v1(fields, keys.alipay))
-            return await client.post("/alipay/notify", content=body, headers={"content-type": FORM})
+@pytest.fixture
+def shop(keys: Keys, state_dir: Path, gateway: OpenApiGateway) -> Iterator[Shop]:
+    yield from _shop(keys, state_dir, gateway, gateway.url)
 
-        trade_no = demo_gateway.new_trade_no()
-        seller = demo_gateway.DEMO_SELLER_ID
-        fields = demo_gateway.notify_fields(request, trade_no, seller)
-        # order_amount (an async hook here) refuses a validly signed notification for another amount.
-        assert (await notify({**fields, "total_amount": "0.01"})).status_code == 409
-        assert 'id="status">pending<' in (await client.get(order_path)).text
 
-        for _ in range(2):  # a resend is acknowledged again, and pays nothing twice
-            answer = await notify(fields)
-            assert (answer.status_code, answer.content) == (200, b"success")
-        assert 'id="status">paid<' in (await client.get(order_path)).text
+def _refund_row(page: str) -> str:
+    rows = re.findall(r'<tr class="refund" data-state="(\w+)">.*?</tr>', page)
+    return ",".join(rows)
 
-        back = demo_gateway.form_encode(demo_gateway.sign_v1(
-            demo_gateway.return_fields(request, trade_no, seller), keys.alipay))
-        page = (await client.get(f"/alipay/return?{back}")).text
-        assert 'data-state="paid"' in page and f'href="{order_path}"' in page
-        forged = await client.get("/alipay/return?" + back.replace("total_amount=9.90", "total_amount=0.01"))
-        assert 'data-state="unverified"' in forged.text
 
-    stored = app.state.alipay.ledger.get(f"paid:{demo_gateway.DEMO_APP_ID}:{request.out_trade_no}")
-    assert stored is not None and stored.status == "done"
+def test_an_accepted_refund_waits_for_the_notification(shop: Shop) -> None:
+    order = shop.paid_order()
+    status, page = shop.refund(order.out_trade_no, "9.90")
+    assert status == 303 and _refund_row(page) == "accepted"
+    assert 'id="status" class="paid">paid<' in page, "the API's yes is not the notification"
+    assert "A refund is on its way" in page and 'id="refund"' not in page
+    assert shop.refund_requests() == [f"{order.out_trade_no}R1"]
+
+
+def test_an_unknown_outcome_is_retried_with_the_same_request_number(shop: Shop) -> None:
+    order = shop.paid_order()
+    shop.gateway.fault("alipay.trade.refund", "http_502")
+    status, page = shop.refund(order.out_trade_no, "4.00")
+    assert status == 303 and _refund_row(page) == "unknown"
+    assert "could not tell whether Alipay made this refund (http_error)" in page
+    assert f"Retry refund {order.out_trade_no}R1 (¥4.00)" in page
+
+    # Whatever amount is typed, the unfinished request is repeated as it was.
+    status, page = shop.refund(order.out_trade_no, "9.90")
+    assert status == 303 and _refund_row(page) == "accepted"
+    assert shop.refund_requests() == [f"{order.out_trade_no}R1"] * 2
+    assert shop.gateway.trades[order.out_trade_no].refunds == {f"{order.out_trade_no}R1": Decimal("4.00")}
+
+
+def test_a_refusal_is_shown_and_a_new_request_can_follow(shop: Shop) -> None:
+    order = shop.paid_order(alipay_status="TRADE_FINISHED")  # Alipay refuses refunds of finished trades
+    status, page = shop.refund(order.out_trade_no, "9.90")
+    assert status == 303 and _refund_row(page) == "refused"
+    assert "Alipay refused the refund" in page and "ACQ.TRADE_STATUS_ERROR" in page
+    shop.gateway.trades[order.out_trade_no].status = "TRADE_SUCCESS"
+    status, page = shop.refund(order.out_trade_no, "9.90")
+    assert status == 303 and _refund_row(page) == "refused,accepted"
+    assert shop.refund_requests() == [f"{order.out_trade_no}R1", f"{order.out_trade_no}R2"]
+
+
+def test_an_unreachable_gateway_sent_nothing(keys: Keys, state_dir: Path, gateway: OpenApiGateway) -> None:
+    for shop in _shop(keys, state_dir, gateway, gateway.refused_url()):
+        order = shop.paid_order()
+        status, page = shop.refund(order.out_trade_no, "9.90")
+        assert status == 303 and _refund_row(page) == "refused"
+        assert "could not be reached; nothing was sent" in page
+
+
+@pytest.mark.parametrize(("amount", "message"), [
+    ("abc", "is not an amount in yuan"),
+    ("1.234", "is not an amount in yuan"),
+    ("0", "is not an amount in yuan"),
+    ("9.91", "At most ¥9.90 can still be refunded."),
+])
+def test_a_bad_amount_sends_nothing(shop: Shop, amount: str, message: str) -> None:
+    order = shop.paid_order()
+    status, page = shop.refund(order.out_trade_no, amount)
+    assert status == 400 and message in page and 'id="refund-error"' in page
+    assert shop.refund_requests() == [] and shop.store.refunds(order.out_trade_no) == []
+
+
+def test_only_a_paid_order_is_refunded(shop: Shop) -> None:
+    order = shop.store.create(shop_core.PRODUCTS["cup"])
+    status, page = shop.refund(order.out_trade_no, "25.00")
+    assert status == 400 and "Only a paid order can be refunded." in page
+    assert 'id="refund"' not in page and shop.refund_requests() == []
+    assert shop.client.post("/orders/nope/refund", data={"amount": "1.00"}).status_code == 404
+
+
+def test_refund_notifications_in_any_order_and_twice(tmp_path: Path) -> None:
+    store = shop_core.OrderStore(tmp_path / "shop.sqlite3")
+    order = store.create(shop_core.PRODUCTS["tea"])
+    first = store.open_refund(order, Decimal("4.00"))
+    store.set_refund(first.out_request_no, shop_core.ACCEPTED, "accepted")
+    second = store.open_refund(order, Decimal("5.90"))
+    assert second.out_request_no == f"{order.out_trade_no}R2"
+    store.set_refund(second.out_request_no, shop_core.ACCEPTED, "accepted")
+    with pytest.raises(ValueError, match="At most ¥0.00"):  # the rest is on its way already
+        store.open_refund(order, Decimal("0.01"))
+
+    # The second refund's notification overtakes the payment's and the first refund's.
+    store.mark_refunded(order.out_trade_no, second.out_request_no, Decimal("9.90"))
+    store.mark_refunded(order.out_trade_no, first.out_request_no, Decimal("4.00"))
+    store.mark_refunded(order.out_trade_no, first.out_request_no, Decimal("4.00"))
+    assert store.mark_paid(order.out_trade_no, "2024010122001400000001", None)
+    final = store.get(order.out_trade_no)
+    assert final is not None and (final.status, final.refunded_amount) == (shop_core.REFUNDED, Decimal("9.90"))
+    assert final.trade_no == "2024010122001400000001"
+    assert {r.state for r in store.refunds(order.out_trade_no)} == {shop_core.DONE}
+    assert shop_core.left_to_refund(final, store.refunds(order.out_trade_no)) == 0
+
+
+def test_a_partial_refund_keeps_the_order_paid(tmp_path: Path) -> None:
+    store = shop_core.OrderStore(tmp_path / "shop.sqlite3")
+    order = store.create(shop_core.PRODUCTS["cup"])
+    store.mark_paid(order.out_trade_no, "2024010122001400000002", None)
+    store.mark_refunded(order.out_trade_no, "console-refund", None)  # made elsewhere, no total reported
+    store.mark_refunded(order.out_trade_no, "x", Decimal("10.00"))
+    after = store.get(order.out_trade_no)
+    assert after is not None and (after.status, after.refunded_amount) == (shop_core.PAID, Decimal("10.00"))
