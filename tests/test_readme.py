@@ -1,14 +1,17 @@
-"""The README's Flask and FastAPI snippets run as written and take a payment."""
+"""The README's snippets run as written: Flask, FastAPI and legacy take a payment; the simulator's
+configures a shop whose requests it accepts."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from werkzeug.test import Client
 
 from conftest import MD5_KEY, PARTNER, legacy_body, legacy_fields, notify_fields, signed_body
 
@@ -84,3 +87,27 @@ def test_legacy_snippet_takes_a_payment(monkeypatch, tmp_path, gateway_stub, cap
     assert "paid A1 9.90" in capsys.readouterr().out
     assert client.get("/alipay/return").data == b"Not confirmed"
     alipay.close()
+
+
+SIMULATOR = re.findall(r"In tests \(this snippet runs in `tests/test_readme.py`\):\n\n```python\n(.*?)```",
+                       README, re.S)[0]
+
+
+def test_simulator_snippet_runs_and_its_gateway_takes_the_shops_requests(keys, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # the default ledger file
+    namespace: dict[str, Any] = {
+        "__name__": "readme_simulator", "APP_ID": "2021000000000001", "SELLER_ID": "2088000000000001",
+        "APP_PUBLIC_KEY": keys.app.public_key().export_key().decode(), "APP_PRIVATE_KEY": keys.app_private_pem,
+    }
+    exec(compile(SIMULATOR, "README:simulator", "exec"), namespace)
+    sim, alipay = namespace["sim"], namespace["alipay"]
+    try:
+        url = alipay.helper("http://127.0.0.1:9").page_pay_url(out_trade_no="R1", total_amount=Decimal("9.90"),
+                                                               subject="Tea")
+        assert url.startswith(namespace["server"].gateway_url + "?")
+        answer = Client(sim).get(url[len(namespace["server"].url):])
+        assert answer.status_code == 303 and "/checkout/" in answer.headers["Location"]  # signature accepted
+        assert sim.faults.duplicate_notify and capsys.readouterr().out == ""  # no delivery yet
+    finally:
+        alipay.close()
+        sim.close()
