@@ -21,7 +21,17 @@ from ..signing import RsaSigner
 from ..wire import CST, normalize_charset, parse_form, sniff_charset
 from . import legacy, openapi, pages
 from .callbacks import Callbacks
-from .model import LEGACY, OPENAPI, Delivery, Faults, GatewayError, LegacyMerchant, Merchant, SimTrade, TradeEvent
+from .model import (
+    OPENAPI,
+    Delivery,
+    Faults,
+    GatewayError,
+    LegacyMerchant,
+    Merchant,
+    PayRequest,
+    SimTrade,
+    TradeEvent,
+)
 from .notifier import Notification, Notifier, is_loopback_url
 from .server import SimServer
 from .state import Store
@@ -261,41 +271,26 @@ class Simulator:
                                 content_type=f"text/xml; charset={charset.upper()}")
             return self._html(pages.error(exc))
 
-    def _open_checkout(self, request: Request, pay: openapi.PayRequest | legacy.LegacyPayRequest,
-                       now: datetime) -> Response:
-        if isinstance(pay, openapi.PayRequest):
-            kind, merchant_id, method, seller_id = OPENAPI, pay.merchant.app_id, pay.method, pay.merchant.seller_id
-        else:
-            kind, merchant_id, method, seller_id = LEGACY, pay.merchant.partner, pay.service, pay.merchant.partner
+    def _open_checkout(self, request: Request, pay: PayRequest, now: datetime) -> Response:
         with self._store.lock:
-            trade = self._store.find(merchant_id, pay.out_trade_no)
+            trade = self._store.find(pay.merchant_id, pay.out_trade_no)
             if trade is not None:
-                problem = self._repeat_problem(trade, pay)
+                protocol = openapi if pay.kind == OPENAPI else legacy
+                problem = protocol.existing_trade_problem(trade, pay)
                 if problem is not None:
                     return self._html(pages.error(problem))
                 trade.notify_url, trade.return_url = pay.notify_url, pay.return_url
                 self._store.save(trade)
             else:
                 trade = SimTrade(
-                    kind=kind, merchant_id=merchant_id, out_trade_no=pay.out_trade_no,
+                    kind=pay.kind, merchant_id=pay.merchant_id, out_trade_no=pay.out_trade_no,
                     trade_no=self._store.next_trade_no(now), subject=pay.subject, total_amount=pay.total_amount,
                     status="WAIT_BUYER_PAY", charset=pay.charset, notify_url=pay.notify_url,
-                    return_url=pay.return_url, created_at=now, method=method, sign_type=pay.sign_type,
-                    seller_id=seller_id, body=pay.body, passback=pay.passback,
-                    quit_url=getattr(pay, "quit_url", ""),
+                    return_url=pay.return_url, created_at=now, method=pay.method, sign_type=pay.sign_type,
+                    seller_id=pay.seller_id, body=pay.body, passback=pay.passback, quit_url=pay.quit_url,
                 )
                 self._store.add(trade)
         return Response(status=303, headers={"Location": f"{request.script_root}/checkout/{trade.trade_no}"})
-
-    @staticmethod
-    def _repeat_problem(trade: SimTrade, pay: openapi.PayRequest | legacy.LegacyPayRequest) -> GatewayError | None:
-        if isinstance(pay, openapi.PayRequest):
-            return openapi.existing_trade_problem(trade, pay)
-        if trade.status != "WAIT_BUYER_PAY":
-            return legacy.refused("TRADE_HAS_SUCCESS" if trade.paid_at else "TRADE_HAS_CLOSED")
-        if trade.total_amount != pay.total_amount:
-            return legacy.refused("DUPLICATE_OUT_TRADE_NO", "the same out_trade_no with another amount")
-        return None
 
     # -- the cashier ---------------------------------------------------------------------------------
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from xml.sax.saxutils import escape
 
 from ..legacy import DIRECT_PAY, RULE, WAP_DIRECT_PAY
 from ..signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
-from .model import LEGACY, GatewayError, LegacyMerchant, SimTrade, TradeEvent
+from .model import LEGACY, GatewayError, LegacyMerchant, PayRequest, SimTrade, TradeEvent
 from .notifier import is_loopback_url
 from .openapi import cst, fmt, strict_amount
 from .state import Store
@@ -62,21 +61,6 @@ def authenticate(params: Mapping[str, str], merchants: Mapping[str, LegacyMercha
     return merchant
 
 
-@dataclass(frozen=True)
-class LegacyPayRequest:
-    merchant: LegacyMerchant
-    service: str
-    out_trade_no: str
-    total_amount: Decimal
-    subject: str
-    charset: str
-    sign_type: str
-    notify_url: str | None
-    return_url: str | None
-    body: str
-    passback: str
-
-
 def _url(value: str | None, name: str, allow_remote: bool) -> str | None:
     if not value:
         return None
@@ -88,7 +72,7 @@ def _url(value: str | None, name: str, allow_remote: bool) -> str | None:
 
 
 def read_pay(params: Mapping[str, str], merchant: LegacyMerchant, charset: str,
-             allow_remote: bool) -> LegacyPayRequest:
+             allow_remote: bool) -> PayRequest:
     service = params.get("service", "")
     if service not in PAY_SERVICES:
         raise refused("ILLEGAL_SERVICE", f"service {service[:40]!r} is not simulated")
@@ -119,13 +103,23 @@ def read_pay(params: Mapping[str, str], merchant: LegacyMerchant, charset: str,
                       else "total_fee, or price and quantity, is required")
     if amount is None:
         raise refused("ILLEGAL_ARGUMENT", "total_fee: two decimals within [0.01, 100000000]")
-    return LegacyPayRequest(
-        merchant=merchant, service=service, out_trade_no=params["out_trade_no"], total_amount=amount,
+    return PayRequest(
+        kind=LEGACY, merchant_id=merchant.partner, seller_id=merchant.partner, method=service,
+        out_trade_no=params["out_trade_no"], total_amount=amount,
         subject=params["subject"], charset=charset, sign_type=params["sign_type"],
         notify_url=_url(params.get("notify_url"), "notify_url", allow_remote),
         return_url=_url(params.get("return_url"), "return_url", allow_remote),
         body=params.get("body", ""), passback=params.get("extra_common_param", ""),
     )
+
+
+def existing_trade_problem(trade: SimTrade, request: PayRequest) -> GatewayError | None:
+    """A second pay request for an out_trade_no Alipay already knows."""
+    if trade.status != "WAIT_BUYER_PAY":
+        return refused("TRADE_HAS_SUCCESS" if trade.paid_at else "TRADE_HAS_CLOSED")
+    if trade.total_amount != request.total_amount:
+        return refused("DUPLICATE_OUT_TRADE_NO", "the same out_trade_no with another amount")
+    return None
 
 
 def signer_for(trade_sign_type: str, merchant: LegacyMerchant, legacy_key_signer: RsaSigner) -> Signer:

@@ -78,6 +78,26 @@ class Faults:
         return ("duplicate_notify", "out_of_order", "notify_before_return", "foreign_app_id", "tamper_amount")
 
 
+@dataclass(frozen=True)
+class PayRequest:
+    """A verified pay request (Open Platform page/wap pay, or a legacy pay service), before it is a trade."""
+
+    kind: str  # OPENAPI | LEGACY
+    merchant_id: str  # app id or partner
+    seller_id: str
+    method: str  # the Open Platform method, or the legacy service
+    out_trade_no: str
+    total_amount: Decimal
+    subject: str
+    charset: str
+    sign_type: str
+    notify_url: str | None
+    return_url: str | None
+    body: str
+    passback: str
+    quit_url: str = ""
+
+
 @dataclass
 class Refund:
     out_request_no: str

@@ -15,7 +15,6 @@ import copy
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +24,7 @@ from ..client import CLOSE, QUERY, REFUND, REFUND_QUERY
 from ..response import ERROR_KEY, response_key
 from ..signing import RsaVerifier, Signer, sign_string
 from ..wire import CST, MAX_AMOUNT, MIN_AMOUNT, TIMESTAMP_FORMAT
-from .model import OPENAPI, PAID_STATUSES, GatewayError, Merchant, Refund, SimTrade, TradeEvent
+from .model import OPENAPI, PAID_STATUSES, GatewayError, Merchant, PayRequest, Refund, SimTrade, TradeEvent
 from .notifier import is_loopback_url
 from .state import Store
 
@@ -127,22 +126,6 @@ def callback_url(value: object, name: str, allow_remote: bool) -> str | None:
     return str(value)
 
 
-@dataclass(frozen=True)
-class PayRequest:
-    merchant: Merchant
-    method: str
-    out_trade_no: str
-    total_amount: Decimal
-    subject: str
-    charset: str
-    sign_type: str
-    notify_url: str | None
-    return_url: str | None
-    body: str
-    passback: str
-    quit_url: str
-
-
 def read_pay(params: Mapping[str, str], merchant: Merchant, charset: str, allow_remote: bool) -> PayRequest:
     method = params["method"]
     if method not in PAY_METHODS:
@@ -163,7 +146,8 @@ def read_pay(params: Mapping[str, str], merchant: Merchant, charset: str, allow_
     if biz["product_code"] != PAY_METHODS[method]:
         raise invalid("isv.invalid-parameter", f"product_code 必须是 {PAY_METHODS[method]}")
     return PayRequest(
-        merchant=merchant, method=method, out_trade_no=out_trade_no, total_amount=amount, subject=subject,
+        kind=OPENAPI, merchant_id=merchant.app_id, seller_id=merchant.seller_id, method=method,
+        out_trade_no=out_trade_no, total_amount=amount, subject=subject,
         charset=charset, sign_type=params["sign_type"],
         notify_url=callback_url(params.get("notify_url"), "notify_url", allow_remote),
         return_url=callback_url(params.get("return_url"), "return_url", allow_remote),
