@@ -29,6 +29,22 @@ class LedgerUnavailable(AlipayError):
     """
 
 
+class TransactionControlRefused(AlipayError):
+    """A transactional hook tried to end the ledger's transaction (``commit()``, ``rollback()``, ``close()``,
+    ``COMMIT``/``ROLLBACK``/``BEGIN`` in SQL). Its writes commit together with the event's done mark, so that
+    is the ledger's job; raise an exception to roll them back. Raised inside the hook, it fails the hook like
+    any exception: the transaction is rolled back and the event is retried.
+    """
+
+
+class HookFailed(AlipayError):
+    """A transactional hook raised and its transaction was rolled back; the hook's exception is ``__cause__``.
+
+    Internal to the callback flow (it records the failure and answers 500 ``hook_failed``); a plain hook's
+    exception is handled without it.
+    """
+
+
 class GatewayUnavailable(AlipayError):
     """Alipay's gateway could not be asked (network error, timeout, an HTTP error status).
 
