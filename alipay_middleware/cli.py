@@ -37,6 +37,7 @@ from .ledger import (
     Ledger,
     SQLiteLedger,
     StoredEvent,
+    is_postgres_setting,
     open_ledger,
     split_table_params,
 )
@@ -340,10 +341,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
         raise CliError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
     url = _ledger_url(args) if args.apply else _given_ledger_url(args)
     names: dict[str, str] = {}
-    if url is not None and url.startswith(("postgresql://", "postgres://")):
-        url, names = split_table_params(url)
+    if url is not None and is_postgres_setting(url):
+        if url.startswith(("postgresql://", "postgres://")):
+            url, names = split_table_params(url)
     elif args.apply:
-        raise CliError("schema --apply needs a PostgreSQL ledger: --ledger postgresql://user@host/dbname")
+        raise CliError("schema --apply needs a PostgreSQL ledger: --ledger postgresql://user@host/dbname "
+                       "(or libpq's 'host=... dbname=...')")
     schema = _agree("schema", args.schema, names.get("schema")) or "public"
     table = _agree("table", args.table, names.get("table")) or "alipay_events"
     if not args.apply:
