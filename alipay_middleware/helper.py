@@ -161,7 +161,7 @@ def check_base_url(base_url: str) -> str:
     if not isinstance(base_url, str):
         raise TypeError(f"base_url must be a str such as 'https://shop.example', not {type(base_url).__name__}")
     parts = urlsplit(base_url)
-    if (parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment
+    if (parts.scheme not in ("http", "https") or not parts.netloc or "?" in base_url or "#" in base_url
             or not base_url.isprintable() or " " in base_url):
         raise ValueError("base_url must be an absolute http(s) URL without query or fragment, such as "
                          f"'https://shop.example' or 'https://shop.example/shop', got {base_url[:80]!r}")

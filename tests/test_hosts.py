@@ -243,6 +243,7 @@ def test_explicit_origin_is_not_subject_to_allowed_hosts(make_alipay: Any, make_
 
 @pytest.mark.parametrize("base_url", ["elsewhere.example", "//elsewhere.example", "ftp://elsewhere.example",
                                       "https://", "https://elsewhere.example/?a=1", "https://elsewhere.example/#f",
+                                      "https://elsewhere.example/?", "https://elsewhere.example#",
                                       "https://else where.example", "https://elsewhere.example/\n", ""])
 def test_explicit_origin_must_be_an_absolute_http_url(make_alipay: Any, base_url: str) -> None:
     with pytest.raises(ValueError, match=r"absolute http\(s\) URL"):
