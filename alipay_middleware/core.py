@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
 from .finish import PendingFinishes
 from .flow import Confirmation, Flow, Steps, confirm_flow, notify_flow, return_flow
+from .helper import check_allowed_hosts, check_base_url
 from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class Alipay:
     ``confirm_returns``: Open Platform only. On a verified return for a trade not yet known paid, ask
     Alipay (``alipay.trade.query``); a paid answer runs ``on_paid`` through the same ledger and dedupe as
     the notify, so the page can say "paid" at once and the hook still runs once.
+    ``allowed_hosts``: the host names (case-insensitive; ``.shop.example`` is that name and every name
+    under it) whose Host header may be used to derive ``notify_url``/``return_url`` when the config has
+    none. Loopback is always allowed; any other Host makes the pay helper raise ``UntrustedHost``.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Alipay:
         hook_threads: int = 8,
         trusted_proxies: int = 0,
         confirm_returns: bool = False,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         protocol_factory = getattr(config, "protocol", None)
         if protocol_factory is None:
@@ -99,6 +104,7 @@ class Alipay:
         self.lease_seconds = float(lease_seconds)
         self.hook_threads = hook_threads
         self.trusted_proxies = trusted_proxies
+        self.allowed_hosts = check_allowed_hosts(allowed_hosts)
         self.ledger = open_ledger(ledger)
         self.hooks: dict[str, Hook] = {}
         self.finishes = PendingFinishes(self.ledger.finish)
@@ -111,6 +117,13 @@ class Alipay:
             log.warning("alipay: verify_notify_id=False: callbacks are NOT origin-checked with Alipay "
                         "(notify_verify); a leaked key or a replayed message would be accepted. "
                         "Use this only against a local simulator")
+        unset = [name for name in ("notify_url", "return_url") if getattr(config, name, None) is None]
+        if unset and self.allowed_hosts is None:
+            names = " and ".join(unset)
+            log.warning("alipay: no %s configured and no allowed_hosts: the pay helper derives %s from the "
+                        "request's Host only when it is loopback (localhost, 127.0.0.0/8, ::1) and raises "
+                        "UntrustedHost for any other Host. Set %s in the config, or Alipay(allowed_hosts=[...])",
+                        names, names, names)
 
     def __repr__(self) -> str:
         return f"<Alipay {type(self.protocol).__name__} {self.protocol.account} notify={self.notify_path}>"
@@ -215,11 +228,13 @@ class Alipay:
         return AlipayASGIMiddleware(app, alipay=self)
 
     def helper(self, base_url: str) -> Any:
-        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``.
+        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``
+        (an absolute http(s) URL such as ``"https://shop.example"``) unless configured.
 
         The same object as ``environ["alipay"]`` (pay URLs and forms for this protocol); there is no
-        customer here, so the legacy ``exter_invoke_ip`` is left out unless passed."""
-        return self.protocol.helper_class(self, base_url.rstrip("/"), str)
+        customer here, so the legacy ``exter_invoke_ip`` is left out unless passed. ``base_url`` is
+        the caller's word: ``allowed_hosts`` does not apply to it."""
+        return self.protocol.helper_class(self, check_base_url(base_url), str)
 
     # -- used by the fronts ------------------------------------------------------------------------
 

@@ -22,6 +22,31 @@ class Rejection(AlipayError):
         self.detail = detail
 
 
+class UntrustedHost(AlipayError, ValueError):
+    """The pay helper was asked to derive a callback URL (``notify_url`` or ``return_url``) from a request
+    whose Host header it does not trust: missing, malformed, or neither loopback nor in
+    ``Alipay(allowed_hosts=...)``. Nothing was signed.
+
+    ``reason`` is stable: ``missing_host``, ``malformed_host`` or ``host_not_allowed``; ``settings`` names
+    the URLs that would have been derived (``("notify_url", "return_url")`` or one of them). The message
+    says how to fix it and quotes at most a short, escaped piece of the Host. Also a :class:`ValueError`.
+    """
+
+    def __init__(self, reason: str, settings: tuple[str, ...], host: str | None) -> None:
+        names = " and ".join(settings)
+        if host is None:
+            why = "the request has no Host header"
+        else:
+            shown = ascii(host[:32]) + ("..." if len(host) > 32 else "")
+            why = (f"its Host {shown} is not a well-formed host[:port]" if reason == "malformed_host"
+                   else f"its Host {shown} is neither loopback nor in allowed_hosts")
+        super().__init__(
+            f"cannot build {names} from this request: {why}. Set {names} in the config "
+            f"(OpenApiConfig/LegacyConfig), or list the shop's host names in Alipay(allowed_hosts=[...])")
+        self.reason = reason
+        self.settings = settings
+
+
 class LedgerUnavailable(AlipayError):
     """The ledger could not be read or written (locked too long, disk error, server down).
 

@@ -150,7 +150,7 @@ def test_start_up_warns_when_orders_and_payments_are_unchecked(keys, caplog):
 
 
 def test_no_warning_when_everything_is_registered(keys, caplog):
-    alipay = Alipay(make_config(keys), ledger=":memory:")
+    alipay = Alipay(make_config(keys), ledger=":memory:", allowed_hosts=["shop.example"])
     alipay.order_amount(lambda out_trade_no: None)
     alipay.on_paid(lambda event: None)
     with caplog.at_level(logging.WARNING, logger="alipay_middleware"):

@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -36,11 +37,18 @@ def run_snippet(name: str) -> dict[str, Any]:
     return namespace
 
 
+def callback_urls(pay_url: str) -> tuple[str, str]:
+    params = dict(parse_qsl(urlsplit(pay_url).query))
+    return params["notify_url"], params["return_url"]
+
+
 def test_flask_snippet_takes_a_payment(readme_env, keys, capsys):
     ns = run_snippet("Flask")
     client = ns["app"].test_client()
     response = client.post("/buy/A1")
     assert response.status_code == 302 and response.location.startswith("https://openapi.alipay.com/gateway.do?")
+    assert callback_urls(response.location) == ("https://shop.example/alipay/notify",
+                                                 "https://shop.example/alipay/return")  # configured
     notify = client.post("/alipay/notify", data=signed_body(notify_fields("A1", "9.90"), keys.alipay),
                          content_type="application/x-www-form-urlencoded")
     assert (notify.status_code, notify.data) == (200, b"success")
@@ -62,6 +70,8 @@ def test_fastapi_snippet_takes_a_payment(readme_env, keys, capsys):
 
     buy, notify = asyncio.run(journey())
     assert buy.status_code == 303 and buy.headers["location"].startswith("https://openapi.alipay.com/gateway.do?")
+    assert callback_urls(buy.headers["location"]) == ("http://shop.example/alipay/notify",
+                                                      "http://shop.example/alipay/return")  # allowed_hosts
     assert (notify.status_code, notify.content) == (200, b"success")
     assert "paid A1 9.90" in capsys.readouterr().out
     ns["alipay"].close()
@@ -76,6 +86,8 @@ def test_legacy_snippet_takes_a_payment(monkeypatch, tmp_path, gateway_stub, cap
     response = client.post("/buy/A1")
     assert response.status_code == 302 and response.location.startswith("https://mapi.alipay.com/gateway.do?")
     assert "service=create_direct_pay_by_user" in response.location
+    assert callback_urls(response.location) == ("https://shop.example/alipay/notify",
+                                                 "https://shop.example/alipay/return")
     # Point the origin check at the loopback stub instead of mapi.alipay.com (tests never leave the
     # machine); the snippet itself stays as a user would write it.
     alipay = ns["alipay"]
