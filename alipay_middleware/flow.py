@@ -75,7 +75,10 @@ def precheck(method: str, content_length: str | None, max_body: int) -> Answer |
     if method != "POST":
         return Answer(405, "method_not_allowed", headers=_TEXT + (("Allow", "POST"),))
     if content_length:
-        if not content_length.isdigit():
+        # Only ASCII digits, and few of them: str.isdigit() alone also passes "²" (a latin-1 header byte
+        # decodes to it), which int() refuses, and int() refuses more than 4,300 digits. 18 digits are
+        # far beyond any body and still a plain machine integer.
+        if not (content_length.isascii() and content_length.isdigit()) or len(content_length) > 18:
             return Answer(400, "bad_content_length")
         if int(content_length) > max_body:
             return TOO_LARGE

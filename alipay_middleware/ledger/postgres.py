@@ -118,6 +118,15 @@ class ConnectionPoolLike(Protocol):
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
 
 
+def _misplaced_at(url: str) -> bool:
+    """An '@' where libpq does not read one as the end of ``user:password``: after the first '@', or
+    after a '/' that libpq takes for the end of the host (an unescaped '@' or '/' in the password)."""
+    rest = url.split("://", 1)[1]
+    end = next((i for i, c in enumerate(rest) if c in "@/"), len(rest))
+    after = rest[end + 1:] if end < len(rest) and rest[end] == "@" else rest
+    return "@" in after.split("?", 1)[0]
+
+
 def _check_names(schema: str, table: str) -> None:
     if not isinstance(schema, str) or not _SCHEMA.fullmatch(schema):
         raise ValueError(f"schema must be a plain SQL identifier (letters, digits, _), got {schema!r}")
@@ -304,12 +313,22 @@ class PostgresLedger(Ledger):
         if "://" in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL URL starts with postgresql:// or postgres:// "
                              "(e.g. 'postgresql://user@host:5432/dbname')")
+        if "://" in conninfo and _misplaced_at(conninfo):
+            # libpq would take the password's tail for the host or the database, and every message and
+            # repr that names those would show it.
+            raise ValueError("the PostgreSQL URL has an '@' outside its user:password@ part (not shown: it may "
+                             "hold a password); percent-encode '@', '/' and ':' in the password as %40, %2F, %3A")
         try:
-            return dict(conninfo_to_dict(conninfo))
+            params = dict(conninfo_to_dict(conninfo))
         except psycopg.Error:
             # psycopg's message quotes pieces of the string, which may hold a password.
             raise ValueError("invalid PostgreSQL conninfo (not shown: it may hold a password); expected "
                              "'postgresql://user@host:5432/dbname' or 'host=... dbname=...'") from None
+        if not all(not port.strip() or port.strip().isdigit() for port in str(params.get("port") or "").split(",")):
+            # libpq's own message quotes the value: a password whose '/' ended the URL's host part early.
+            raise ValueError("the PostgreSQL setting's port is not a number (not shown: it may be part of a "
+                             "password); percent-encode '/' and ':' in the password as %2F, %3A")
+        return params
 
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -63,6 +64,40 @@ def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
+def _mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:  # a -wal or -shm file removed meanwhile by the last connection closing
+        return None
+
+
+def _prepare_file(path: str) -> None:
+    """Create a new ledger file owner-only (0600), before SQLite does with the umask's usual 0644; warn
+    about an existing one that group or others can read or write.
+
+    The file holds raw notification bodies with buyer ids. SQLite gives the ``-wal`` and ``-shm`` files
+    the database file's mode, so they follow. Anything that goes wrong here (no such directory, no
+    rights) is left to ``sqlite3.connect``, whose error the caller already explains.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        loose = {name: mode for name in (path, f"{path}-wal", f"{path}-shm")
+                 if (mode := _mode(name)) is not None and mode & 0o066}
+        if loose:
+            name, mode = next(iter(loose.items()))
+            logging.getLogger("alipay_middleware").warning(
+                "alipay ledger file %s can be read or written by group or others (mode %04o): it holds raw "
+                "notification bodies with buyer ids. Run: chmod 600 %s", name, mode, " ".join(loose))
+        return
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask (a stricter one would drop the owner's write)
+    finally:
+        os.close(fd)
+
+
 class SQLiteLedger(Ledger):
     """``SQLiteLedger("alipay-ledger.sqlite3")``, or ``SQLiteLedger(":memory:")`` for tests."""
 
@@ -80,6 +115,8 @@ class SQLiteLedger(Ledger):
         # (pid, connection): a forked child must neither use nor close its parent's connections.
         self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
+        if not self._memory:
+            _prepare_file(path)
         try:
             with self._tx() as db:
                 self._create_schema(db)
