@@ -52,7 +52,7 @@ LEDGER_HELP = (
 #: Alipay resends an unacknowledged notification about 8 times over 25 hours.
 MIN_PRUNE_DAYS = 2
 FOREIGN = "foreign:"  # the key prefix both ledgers give record_foreign's rows
-FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown")
+FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown", "finish_pending")
 
 
 class CliError(Exception):
@@ -315,10 +315,12 @@ def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StoredEvent]
 def _outcome(answer: Answer) -> str:
     if answer.status == 200:
         return "already_done" if answer.reason == "already_done" else "replayed"
-    if answer.reason == "in_progress":
+    if answer.reason in ("in_progress", "lease_lost"):
         return "busy"
-    if answer.reason == "ledger_unavailable":
+    if answer.reason in ("ledger_unavailable", "commit_failed"):
         return "unavailable"
+    if answer.reason == "finish_pending":
+        return "finish_pending"  # the hook ran; its done mark is retried until the command exits
     return {409: "rejected", 500: "failed"}.get(answer.status, "refused")
 
 
@@ -332,7 +334,9 @@ def _replay_one(alipay: Alipay, event: StoredEvent) -> str:
         "already_done": "done before: not run again",
         "busy": "a worker holds its lease now: not touched",
         "failed": f"reason={answer.reason} attempt={attempts} (its traceback: show {event.key})",
-        "unavailable": "reason=ledger_unavailable",
+        "unavailable": f"reason={answer.reason}",
+        "finish_pending": "the hook ran; its done mark could not be written yet (retried until this command "
+                          "exits; a resend meanwhile gets 503)",
     }.get(outcome, f"reason={answer.reason}")
     _emit(f"{outcome:<13}{_visible(event.key)}  {_visible(detail)}")
     return outcome
@@ -489,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(a live lease is left alone and reported busy; an expired one, whose worker died, is retaken). A "
         "done event is never run again. The stored fields must still verify with the app's Alipay key. "
         "One line per event: replayed, already_done, busy, failed, rejected (order check), refused "
-        "(signature, recipient) or unknown; exit code 1 if any failed, was rejected, refused or unknown. "
+        "(signature, recipient), unavailable (ledger), finish_pending (the hook ran, its done mark is not "
+        "written yet) or unknown; exit code 1 if any failed, was rejected, refused, unavailable, pending or "
+        "unknown. "
         "--ledger is optional here; if given (or ALIPAY_LEDGER is set) it must name the app's ledger.")
     replay.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="the app's Alipay object, e.g. myshop.payments:alipay (imported from the current "

@@ -696,3 +696,44 @@ def test_the_guard_stops_working_after_the_hook(tmp_path):
     with pytest.raises(TransactionControlRefused, match="only usable while the hook runs"):
         guard.execute("SELECT 1")
     db.close()
+
+
+def _child_retrier(pending: PendingFinishes, landed: Any, failing: Any) -> None:
+    # In the forked worker: the parent's pending keys are the parent's; this process starts its own thread.
+    assert pending.pending() == []
+    failing.set()
+    assert pending.finish("child-key") is False
+    failing.clear()
+    deadline = time.monotonic() + 30
+    while pending.pending() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pending.pending() == [] and "child-key" in list(landed)
+
+
+@pytest.mark.slow
+def test_the_background_retrier_lives_in_the_worker_after_a_fork():
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        landed = manager.list()
+        _fork_and_retry(context, landed, context.Event())
+
+
+def _fork_and_retry(context: Any, landed: Any, failing: Any) -> None:
+
+    def finish(key: str, note: str | None) -> None:
+        if failing.is_set():
+            raise LedgerUnavailable("postgresql: the server closed the connection")
+        landed.append(key)
+
+    pending = PendingFinishes(finish, retry_seconds=0.0)
+    failing.set()
+    assert pending.finish("parent-key") is False  # the parent's thread is running now
+    child = context.Process(target=_child_retrier, args=(pending, landed, failing))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    failing.clear()
+    pending.close()
+    assert sorted(landed) == ["child-key", "parent-key"]
