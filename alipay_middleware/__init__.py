@@ -25,6 +25,7 @@ from .errors import (
     ResponseError,
     ResponseMismatch,
     UnsupportedCall,
+    UntrustedHost,
 )
 from .events import PaymentEvent, ReturnResult
 from .ledger import Ledger, SQLiteLedger, StoredEvent
@@ -68,6 +69,7 @@ __all__ = [
     "StoredEvent",
     "TradeQuery",
     "UnsupportedCall",
+    "UntrustedHost",
 ]
 
 

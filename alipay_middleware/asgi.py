@@ -24,6 +24,7 @@ from typing import Any
 from .core import Alipay
 from .drive import run_flow_in_thread
 from .flow import INTERNAL_ERROR, TOO_LARGE, precheck
+from .helper import RequestOrigin
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -48,12 +49,15 @@ def asgi_client(scope: Scope) -> tuple[str | None, str | None]:
     return (client[0] if client else None), (", ".join(forwarded) if forwarded else None)
 
 
-def asgi_origin(scope: Scope) -> str:
+def asgi_origin(scope: Scope) -> RequestOrigin:
+    # The Host header (HTTP/2's :authority arrives as one), else the server's own address. Either is
+    # checked by the core before it goes into a callback URL (helper.request_base).
     host = _header(scope, b"host")
-    if host is None:
-        server = scope.get("server") or ("localhost", None)
-        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+    server = scope.get("server")
+    if host is None and server:
+        name = f"[{server[0]}]" if ":" in str(server[0]) else str(server[0])
+        host = name if server[1] is None else f"{name}:{server[1]}"
+    return RequestOrigin(scope.get("scheme", "http"), host, scope.get("root_path", ""))
 
 
 class AlipayASGIMiddleware:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -37,6 +38,7 @@ from .ledger import (
     Ledger,
     SQLiteLedger,
     StoredEvent,
+    is_postgres_setting,
     open_ledger,
     split_table_params,
 )
@@ -50,7 +52,7 @@ LEDGER_HELP = (
 #: Alipay resends an unacknowledged notification about 8 times over 25 hours.
 MIN_PRUNE_DAYS = 2
 FOREIGN = "foreign:"  # the key prefix both ledgers give record_foreign's rows
-FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown")
+FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown", "finish_pending")
 
 
 class CliError(Exception):
@@ -93,16 +95,86 @@ def _identity(ledger: Ledger) -> object:
 
 
 # -- output ---------------------------------------------------------------------------------------------
+#
+# Everything printed comes from a stranger in the end (signed fields, raw bodies, out_trade_no in keys,
+# tracebacks quoting them), and the operator reads it on a terminal: an ESC sequence in a subject could
+# clear the screen, retitle the window or rewrite earlier lines, and a bidi override could make a line
+# read differently from what it holds. So every control character is shown as a Python-style escape:
+# C0 (ESC, BEL, CR, LF, TAB, ...), DEL, C1 (0x80-0x9f, which some terminals take as CSI and friends),
+# and the invisible format characters (category Cf: bidi overrides, embeddings and isolates, zero-width
+# characters, the BOM, tag characters), line and paragraph separators and lone surrogates. Everything
+# else, Chinese text included, is printed as it is. Literal backslashes are not doubled (as for the raw
+# body's undecodable bytes), so a shown escape is not proof that the character was there.
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _visible(text: str) -> str:
+    """``text`` with every control and format character escaped (line breaks included)."""
+    if text.isprintable():  # the common case; also False for some harmless spaces, sorted out below
+        return text
+    return "".join(_escape(char) if _unsafe(char) else char for char in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _json_line(data: Any) -> str:
+    """One JSON object on one line, still valid JSON, with no raw control or format character in it.
+
+    ``json.dumps`` escapes C0 only; DEL, C1 and the rest can only occur inside strings there, where
+    their ``\\uXXXX`` escape means the same character.
+    """
+    text = json.dumps(data, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    return "".join(_json_escape(char) if _unsafe(char) else char for char in text)
+
+
+def _emit(text: str = "", *, file: Any = None) -> None:
+    """Print ``text``, keeping its own line breaks and escaping every other control character."""
+    print("\n".join(_visible(line) for line in text.split("\n")), file=file)
+
+
+class _EscapingFormatter(logging.Formatter):
+    """Log lines on the operator's terminal (replay and reconcile log what they refuse, with
+    out_trade_no and ids): the message with everything escaped, line breaks too, so that no field can
+    forge a line; a traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return _visible(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return "\n".join(_visible(line) for line in super().formatException(ei).split("\n"))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return "\n".join(_visible(line) for line in super().formatStack(stack_info).split("\n"))
+
 
 def _when(moment: datetime | None, *, precise: bool = False) -> str:
     if moment is None:
         return "-"
     text = moment.astimezone(timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
     return text.replace("+00:00", "Z")
-
-
-def _oneline(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _lease(event: StoredEvent) -> str:
@@ -129,9 +201,10 @@ def _as_json(event: StoredEvent) -> dict[str, Any]:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[_visible(cell) for cell in row] for row in rows]  # escaped before the widths are measured
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        _emit("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 # -- list, show ---------------------------------------------------------------------------------------------
@@ -143,14 +216,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         events = ledger.events(status=args.status, out_trade_no=args.order, limit=args.limit or -1)
     if args.json:
         for event in events:
-            print(json.dumps(_as_json(event), ensure_ascii=False))
+            print(_json_line(_as_json(event)))
         return 0
     if not events:
-        print("no events")
+        _emit("no events")
         return 0
     _print_table(
         ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
-        [(e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at), _oneline(e.reason or ""))
+        [(e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at), _visible(e.reason or ""))
          for e in events],
     )
     return 0
@@ -167,23 +240,25 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("notify_id", event.notify_id), ("charset", event.charset), ("attempts", str(event.attempts)),
         ("received_at", _when(event.received_at, precise=True)),
         ("updated_at", _when(event.updated_at, precise=True)), ("lease", _lease(event)),
-        ("reason", _oneline(event.reason or "-")),
+        ("reason", _visible(event.reason or "-")),
     ]
     for name, value in facts:
-        print(f"{name + ':':<14}{value}")
-    print("fields:" if event.fields else "fields:       -")
+        _emit(f"{name + ':':<14}{_visible(value)}")
+    _emit("fields:" if event.fields else "fields:       -")
     for name in sorted(event.fields):
-        print(f"  {name} = {_oneline(event.fields[name])}")
-    print("error:" if event.error else "error:        -")
-    for line in (event.error or "").rstrip("\n").splitlines():
-        print(f"  {line}")
+        _emit(f"  {_visible(name)} = {_visible(event.fields[name])}")
+    _emit("error:" if event.error else "error:        -")
+    if event.error:
+        # Line feeds only: str.splitlines() would also break at (and so hide) \r, \x1c-\x1e, \x85, \u2028.
+        for line in event.error.rstrip("\n").split("\n"):
+            _emit(f"  {_visible(line)}")
     if event.raw_body is None:
-        print("raw body:     - (pruned)")
+        _emit("raw body:     - (pruned)")
     elif not args.raw:
-        print(f"raw body:     {len(event.raw_body)} bytes (--raw shows them)")
+        _emit(f"raw body:     {len(event.raw_body)} bytes (--raw shows them)")
     else:
-        print(f"raw body:     {len(event.raw_body)} bytes, decoded as {event.charset}:")
-        print(f"  {_decode(event.raw_body, event.charset)}")
+        _emit(f"raw body:     {len(event.raw_body)} bytes, decoded as {_visible(event.charset)}:")
+        _emit(f"  {_visible(_decode(event.raw_body, event.charset))}")
     return 0
 
 
@@ -240,10 +315,12 @@ def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StoredEvent]
 def _outcome(answer: Answer) -> str:
     if answer.status == 200:
         return "already_done" if answer.reason == "already_done" else "replayed"
-    if answer.reason == "in_progress":
+    if answer.reason in ("in_progress", "lease_lost"):
         return "busy"
-    if answer.reason == "ledger_unavailable":
+    if answer.reason in ("ledger_unavailable", "commit_failed"):
         return "unavailable"
+    if answer.reason == "finish_pending":
+        return "finish_pending"  # the hook ran; its done mark is retried until the command exits
     return {409: "rejected", 500: "failed"}.get(answer.status, "refused")
 
 
@@ -257,9 +334,11 @@ def _replay_one(alipay: Alipay, event: StoredEvent) -> str:
         "already_done": "done before: not run again",
         "busy": "a worker holds its lease now: not touched",
         "failed": f"reason={answer.reason} attempt={attempts} (its traceback: show {event.key})",
-        "unavailable": "reason=ledger_unavailable",
+        "unavailable": f"reason={answer.reason}",
+        "finish_pending": "the hook ran; its done mark could not be written yet (retried until this command "
+                          "exits; a resend meanwhile gets 503)",
     }.get(outcome, f"reason={answer.reason}")
-    print(f"{outcome:<13}{event.key}  {detail}")
+    _emit(f"{outcome:<13}{_visible(event.key)}  {_visible(detail)}")
     return outcome
 
 
@@ -269,24 +348,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _check_same_ledger(args, alipay.ledger)
         selected, unknown = _select(alipay.ledger, args)
         for key in unknown:
-            print(f"{'unknown':<13}{key}  no such event in the app's ledger")
+            _emit(f"{'unknown':<13}{_visible(key)}  no such event in the app's ledger")
         if not selected:
             if not unknown:
-                print("nothing to replay")
+                _emit("nothing to replay")
             return 1 if unknown else 0
         if args.dry_run:
             for event in selected:
                 live = event.lease_until is not None and event.lease_until > datetime.now(timezone.utc)
                 what = "already_done" if event.status == DONE else "busy" if live else "would_replay"
                 lease = f" lease={_lease(event)}" if event.lease_until is not None else ""
-                print(f"{what:<13}{event.key}  status={event.status} attempts={event.attempts}{lease}")
+                _emit(f"{what:<13}{_visible(event.key)}  status={_visible(event.status)} attempts={event.attempts}"
+                      f"{_visible(lease)}")
             return 1 if unknown else 0
         alipay.start()  # the same start-up warnings as the app's (no order_amount, no on_paid)
         outcomes = [_replay_one(alipay, event) for event in selected] + ["unknown"] * len(unknown)
     finally:
         alipay.close()
     counts = {name: outcomes.count(name) for name in dict.fromkeys(outcomes)}
-    print(", ".join(f"{count} {name}" for name, count in counts.items()))
+    _emit(", ".join(f"{count} {name}" for name, count in counts.items()))
     return 1 if any(name in FAILING_OUTCOMES for name in outcomes) else 0
 
 
@@ -302,9 +382,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     finally:
         alipay.close()
     for result in results:
-        print(f"{result.outcome:<13}{result.out_trade_no}  trade_status={result.trade_status or '-'}")
+        _emit(f"{_visible(result.outcome):<13}{_visible(result.out_trade_no)}  "
+              f"trade_status={_visible(result.trade_status or '-')}")
     counts = {name: [r.outcome for r in results].count(name) for name in dict.fromkeys(r.outcome for r in results)}
-    print(", ".join(f"{count} {name}" for name, count in counts.items()) or "no pending orders")
+    _emit(", ".join(f"{count} {_visible(name)}" for name, count in counts.items()) or "no pending orders")
     quiet = {"processed", "already_paid", "already_done", "in_progress", "not_paid"}
     return 1 if any(r.outcome not in quiet for r in results) else 0
 
@@ -319,11 +400,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     with _opened(_ledger_url(args)) as ledger:
         if not args.yes:
             count = ledger.prune(before, dry_run=True)
-            print(f"{count} done events last updated before {_when(before)} would be pruned: their raw bodies "
+            _emit(f"{count} done events last updated before {_when(before)} would be pruned: their raw bodies "
                   "and buyer fields dropped; keys, statuses, ids and amounts kept. Run again with --yes to prune.")
             return 0
         count = ledger.prune(before)
-    print(f"pruned {count} done events last updated before {_when(before)}")
+    _emit(f"pruned {count} done events last updated before {_when(before)}")
     return 0
 
 
@@ -340,10 +421,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
         raise CliError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
     url = _ledger_url(args) if args.apply else _given_ledger_url(args)
     names: dict[str, str] = {}
-    if url is not None and url.startswith(("postgresql://", "postgres://")):
-        url, names = split_table_params(url)
+    if url is not None and is_postgres_setting(url):
+        if url.startswith(("postgresql://", "postgres://")):
+            url, names = split_table_params(url)
     elif args.apply:
-        raise CliError("schema --apply needs a PostgreSQL ledger: --ledger postgresql://user@host/dbname")
+        raise CliError("schema --apply needs a PostgreSQL ledger: --ledger postgresql://user@host/dbname "
+                       "(or libpq's 'host=... dbname=...')")
     schema = _agree("schema", args.schema, names.get("schema")) or "public"
     table = _agree("table", args.table, names.get("table")) or "alipay_events"
     if not args.apply:
@@ -351,7 +434,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 0
     ledger = PostgresLedger(url, schema=schema, table=table, create_schema=True)  # creates what is missing
     ledger.close()
-    print(f"the ledger table {schema}.{table} and its indexes are in place ({ledger!r})")
+    _emit(f"the ledger table {schema}.{table} and its indexes are in place ({ledger!r})")
     return 0
 
 
@@ -361,7 +444,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if _identity(source) == _identity(target):
             raise CliError(f"--from and --to are the same ledger ({source!r})")
         inserted, skipped = target.import_events(source.export())
-    print(f"copied {inserted} events from {source!r} to {target!r}; "
+    _emit(f"copied {inserted} events from {source!r} to {target!r}; "
           f"skipped {skipped} whose key was already there")
     return 0
 
@@ -410,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(a live lease is left alone and reported busy; an expired one, whose worker died, is retaken). A "
         "done event is never run again. The stored fields must still verify with the app's Alipay key. "
         "One line per event: replayed, already_done, busy, failed, rejected (order check), refused "
-        "(signature, recipient) or unknown; exit code 1 if any failed, was rejected, refused or unknown. "
+        "(signature, recipient), unavailable (ledger), finish_pending (the hook ran, its done mark is not "
+        "written yet) or unknown; exit code 1 if any failed, was rejected, refused, unavailable, pending or "
+        "unknown. "
         "--ledger is optional here; if given (or ALIPAY_LEDGER is set) it must name the app's ledger.")
     replay.add_argument("--app", required=True, metavar="MODULE:ATTR",
                         help="the app's Alipay object, e.g. myshop.payments:alipay (imported from the current "
@@ -474,17 +559,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _tolerant(sys.stdout)
     _tolerant(sys.stderr)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not logging.root.handlers:  # as basicConfig: an embedding program's own logging is left alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(_EscapingFormatter("%(levelname)s %(name)s: %(message)s"))
+        logging.root.addHandler(handler)
+        logging.root.setLevel(logging.WARNING)
     try:
         code: int = args.run(args)
     except CliError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        _emit(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
     except ValueError as exc:  # a bad ledger URL, an unreachable server, a missing table or file
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        _emit(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except AlipayError as exc:  # LedgerUnavailable while working
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        _emit(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return code
 

@@ -9,14 +9,17 @@ import re
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .finish import PendingFinishes
 from .flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
+from .helper import check_allowed_hosts, check_base_url
 from .ledger import Ledger, open_ledger
 
 if TYPE_CHECKING:
@@ -30,6 +33,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A registered hook: ``fn(event)``, or ``fn(event, tx)`` when ``transactional``."""
+
+    fn: Callable[..., Any]
+    transactional: bool = False
 
 
 class Alipay:
@@ -49,6 +60,9 @@ class Alipay:
     taken is not made to wait: its page gets a result with ``confirmed=False``. Below ``hook_threads``,
     so that on the ASGI front, where returns and notifications share that pool, returns can never take
     every thread. Default: ``min(4, hook_threads - 1)``.
+    ``allowed_hosts``: the host names (case-insensitive; ``.shop.example`` is that name and every name
+    under it) whose Host header may be used to derive ``notify_url``/``return_url`` when the config has
+    none. Loopback is always allowed; any other Host makes the pay helper raise ``UntrustedHost``.
     """
 
     def __init__(
@@ -64,6 +78,7 @@ class Alipay:
         trusted_proxies: int = 0,
         confirm_returns: bool = False,
         return_checks: int | None = None,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         protocol_factory = getattr(config, "protocol", None)
         if protocol_factory is None:
@@ -110,8 +125,10 @@ class Alipay:
         self.lease_seconds = float(lease_seconds)
         self.hook_threads = hook_threads
         self.trusted_proxies = trusted_proxies
+        self.allowed_hosts = check_allowed_hosts(allowed_hosts)
         self.ledger = open_ledger(ledger)
-        self.hooks: dict[str, Callable[..., Any]] = {}
+        self.hooks: dict[str, Hook] = {}
+        self.finishes = PendingFinishes(self.ledger.finish)
         self.order_amount_fn: Callable[..., Any] | None = None
         self.pending_orders_fn: Callable[..., Any] | None = None
         self._started = False
@@ -124,6 +141,13 @@ class Alipay:
             log.warning("alipay: verify_notify_id=False: callbacks are NOT origin-checked with Alipay "
                         "(notify_verify); a leaked key or a replayed message would be accepted. "
                         "Use this only against a local simulator")
+        unset = [name for name in ("notify_url", "return_url") if getattr(config, name, None) is None]
+        if unset and self.allowed_hosts is None:
+            names = " and ".join(unset)
+            log.warning("alipay: no %s configured and no allowed_hosts: the pay helper derives %s from the "
+                        "request's Host only when it is loopback (localhost, 127.0.0.0/8, ::1) and raises "
+                        "UntrustedHost for any other Host. Set %s in the config, or Alipay(allowed_hosts=[...])",
+                        names, names, names)
 
     def __repr__(self) -> str:
         return f"<Alipay {type(self.protocol).__name__} {self.protocol.account} notify={self.notify_path}>"
@@ -148,26 +172,72 @@ class Alipay:
         self.pending_orders_fn = fn
         return fn
 
-    def on_paid(self, fn: F) -> F:
+    @overload
+    def on_paid(self, fn: F) -> F: ...
+    @overload
+    def on_paid(self, fn: None = None, *, transactional: bool = False) -> Callable[[F], F]: ...
+
+    def on_paid(self, fn: Callable[..., Any] | None = None, *, transactional: bool = False) -> Any:
         """Called once per trade on its first TRADE_SUCCESS or TRADE_FINISHED notification (or, for
-        the legacy service, on a paid return if that comes first)."""
-        return self._register(PAID, fn)
+        the legacy service, on a paid return if that comes first). ``@alipay.on_paid`` or
+        ``@alipay.on_paid(transactional=True)``: see :meth:`_register`."""
+        return self._register(PAID, fn, transactional)
 
-    def on_closed(self, fn: F) -> F:
+    @overload
+    def on_closed(self, fn: F) -> F: ...
+    @overload
+    def on_closed(self, fn: None = None, *, transactional: bool = False) -> Callable[[F], F]: ...
+
+    def on_closed(self, fn: Callable[..., Any] | None = None, *, transactional: bool = False) -> Any:
         """Called once per trade when it closes unpaid (TRADE_CLOSED without a refund)."""
-        return self._register(CLOSED, fn)
+        return self._register(CLOSED, fn, transactional)
 
-    def on_refunded(self, fn: F) -> F:
+    @overload
+    def on_refunded(self, fn: F) -> F: ...
+    @overload
+    def on_refunded(self, fn: None = None, *, transactional: bool = False) -> Callable[[F], F]: ...
+
+    def on_refunded(self, fn: Callable[..., Any] | None = None, *, transactional: bool = False) -> Any:
         """Called once per refund (``out_biz_no``; legacy: trade and ``gmt_refund``)."""
-        return self._register(REFUNDED, fn)
+        return self._register(REFUNDED, fn, transactional)
 
-    def _register(self, kind: str, fn: F) -> F:
-        _check_callable(fn, f"on_{kind}")
-        if kind in self.hooks:
-            raise ValueError(f"on_{kind} is already registered ({_name(self.hooks[kind])}); "
-                             "call both from one function")
-        self.hooks[kind] = fn
-        return fn
+    def _register(self, kind: str, fn: Callable[..., Any] | None, transactional: bool) -> Any:
+        """Both decorator forms of every hook: ``@alipay.on_<kind>`` and ``@alipay.on_<kind>(transactional=True)``.
+
+        A plain hook is called as ``fn(event)``, sync or ``async def``. A transactional hook is called as
+        ``fn(event, tx)``, sync only, inside the ledger transaction that marks the event done: ``tx`` is the
+        ledger's own connection (guarded: it cannot commit, roll back or close), so the hook's writes to
+        tables in the ledger's database commit together with the done mark, or not at all.
+        """
+        if not isinstance(transactional, bool):
+            raise TypeError(f"on_{kind}(transactional=...) must be True or False, got {transactional!r}")
+
+        def register(hook: F) -> F:
+            if transactional:
+                self._check_transactional(kind, hook)
+            else:
+                _check_callable(hook, f"on_{kind}")
+            if kind in self.hooks:
+                raise ValueError(f"on_{kind} is already registered ({_name(self.hooks[kind].fn)}); "
+                                 "call both from one function")
+            self.hooks[kind] = Hook(hook, transactional)
+            return hook
+
+        return register if fn is None else register(fn)
+
+    def _check_transactional(self, kind: str, fn: Any) -> None:
+        what = f"on_{kind}(transactional=True)"
+        _check_callable(fn, what, arguments=2)
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
+            raise TypeError(f"{what} needs a plain (def) function: {_name(fn)} is async. The transaction lives "
+                            "on the ledger's connection in a worker thread; an async hook would run on the event "
+                            "loop, away from it. Make it sync (it runs in the Alipay thread pool on ASGI), or "
+                            "drop transactional=True")
+        reason = self.ledger.transactions_unsupported()
+        if reason is not None:
+            raise ValueError(f"{what} needs a ledger that can run the hook in its own transaction: SQLiteLedger "
+                             "on a file (ledger='sqlite:///path.sqlite3') or PostgresLedger "
+                             f"(ledger='postgresql://...'); this one cannot ({reason})")
 
     # -- mounting ----------------------------------------------------------------------------------
 
@@ -182,11 +252,13 @@ class Alipay:
         return AlipayASGIMiddleware(app, alipay=self)
 
     def helper(self, base_url: str) -> Any:
-        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``.
+        """A pay helper outside any request (a job, a shell), with callback URLs under ``base_url``
+        (an absolute http(s) URL such as ``"https://shop.example"``) unless configured.
 
         The same object as ``environ["alipay"]`` (pay URLs and forms for this protocol); there is no
-        customer here, so the legacy ``exter_invoke_ip`` is left out unless passed."""
-        return self.protocol.helper_class(self, base_url.rstrip("/"), str)
+        customer here, so the legacy ``exter_invoke_ip`` is left out unless passed. ``base_url`` is
+        the caller's word: ``allowed_hosts`` does not apply to it."""
+        return self.protocol.helper_class(self, check_base_url(base_url), str)
 
     # -- used by the fronts ------------------------------------------------------------------------
 
@@ -266,9 +338,11 @@ class Alipay:
         return results
 
     def close(self) -> None:
+        """Wait for running hooks, try pending done marks once more, release the ledger's connections."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self.finishes.close()
         self.ledger.close()
 
 
@@ -280,13 +354,14 @@ def _is_open_platform(protocol: object) -> bool:
     return isinstance(protocol, OpenApiProtocol)
 
 
-def _check_callable(fn: Any, what: str) -> None:
+def _check_callable(fn: Any, what: str, arguments: int = 1) -> None:
     if not callable(fn):
         raise TypeError(f"{what} must decorate a function, got {type(fn).__name__}")
     try:
-        inspect.signature(fn).bind(object())
+        inspect.signature(fn).bind(*[object()] * arguments)
     except TypeError:
-        raise TypeError(f"{what} must accept exactly one argument: {_name(fn)} does not") from None
+        expected = "exactly one argument" if arguments == 1 else "two arguments (event, tx)"
+        raise TypeError(f"{what} must accept {expected}: {_name(fn)} does not") from None
     except ValueError:  # pragma: no cover - builtins without a signature
         pass
 

@@ -22,10 +22,51 @@ class Rejection(AlipayError):
         self.detail = detail
 
 
+class UntrustedHost(AlipayError, ValueError):
+    """The pay helper was asked to derive a callback URL (``notify_url`` or ``return_url``) from a request
+    whose Host header it does not trust: missing, malformed, or neither loopback nor in
+    ``Alipay(allowed_hosts=...)``. Nothing was signed.
+
+    ``reason`` is stable: ``missing_host``, ``malformed_host`` or ``host_not_allowed``; ``settings`` names
+    the URLs that would have been derived (``("notify_url", "return_url")`` or one of them). The message
+    says how to fix it and quotes at most a short, escaped piece of the Host. Also a :class:`ValueError`.
+    """
+
+    def __init__(self, reason: str, settings: tuple[str, ...], host: str | None) -> None:
+        names = " and ".join(settings)
+        if host is None:
+            why = "the request has no Host header"
+        else:
+            shown = ascii(host[:32]) + ("..." if len(host) > 32 else "")
+            why = (f"its Host {shown} is not a well-formed host[:port]" if reason == "malformed_host"
+                   else f"its Host {shown} is neither loopback nor in allowed_hosts")
+        super().__init__(
+            f"cannot build {names} from this request: {why}. Set {names} in the config "
+            f"(OpenApiConfig/LegacyConfig), or list the shop's host names in Alipay(allowed_hosts=[...])")
+        self.reason = reason
+        self.settings = settings
+
+
 class LedgerUnavailable(AlipayError):
     """The ledger could not be read or written (locked too long, disk error, server down).
 
     The notify path answers 503 so that Alipay resends later; nothing is acknowledged.
+    """
+
+
+class TransactionControlRefused(AlipayError):
+    """A transactional hook tried to end the ledger's transaction (``commit()``, ``rollback()``, ``close()``,
+    ``COMMIT``/``ROLLBACK``/``BEGIN`` in SQL). Its writes commit together with the event's done mark, so that
+    is the ledger's job; raise an exception to roll them back. Raised inside the hook, it fails the hook like
+    any exception: the transaction is rolled back and the event is retried.
+    """
+
+
+class HookFailed(AlipayError):
+    """A transactional hook raised and its transaction was rolled back; the hook's exception is ``__cause__``.
+
+    Internal to the callback flow (it records the failure and answers 500 ``hook_failed``); a plain hook's
+    exception is handled without it.
     """
 
 

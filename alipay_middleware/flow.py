@@ -37,7 +37,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import AlipayError, GatewayUnavailable, LedgerUnavailable, Rejection
+from .errors import AlipayError, GatewayUnavailable, HookFailed, LedgerUnavailable, Rejection
 from .events import CLOSED, PAID, PaymentEvent, ReturnResult
 from .ledger.base import ALREADY_DONE, BUSY, StoredEvent
 from .outbound import http_get
@@ -86,7 +86,10 @@ def precheck(method: str, content_length: str | None, max_body: int) -> Answer |
     if method != "POST":
         return Answer(405, "method_not_allowed", headers=_TEXT + (("Allow", "POST"),))
     if content_length:
-        if not content_length.isdigit():
+        # Only ASCII digits, and few of them: str.isdigit() alone also passes "²" (a latin-1 header byte
+        # decodes to it), which int() refuses, and int() refuses more than 4,300 digits. 18 digits are
+        # far beyond any body and still a plain machine integer.
+        if not (content_length.isascii() and content_length.isdigit()) or len(content_length) > 18:
             return Answer(400, "bad_content_length")
         if int(content_length) > max_body:
             return TOO_LARGE
@@ -258,11 +261,12 @@ def _process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sour
                 # A trade closes unpaid or fully refunded (the latter is a refund event). A "closed"
                 # after "paid" is stale: state never goes backwards.
                 hook, note = None, "not closed: the trade is already paid"
+        if hook is not None and hook.transactional:
+            answer = yield from _transactional(alipay, hook.fn, event, owner, note, source)
+            return answer
         if hook is not None:
             step = "hook"
-            yield Call(hook, (event,))
-        step = "ledger"
-        yield Call(ledger.finish, (event.key, note))
+            yield Call(hook.fn, (event,))
     except LedgerUnavailable as exc:
         yield from _release(ledger, event, owner, "ledger unavailable")
         return _unavailable(source, event, exc)
@@ -272,7 +276,54 @@ def _process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sour
                   source, reason, event.key, event.attempt, type(exc).__name__, exc_info=True)
         yield from _release(ledger, event, owner, traceback.format_exc())
         return Answer(500, reason)
+    # The hook returned: from here on the event is never released for another run. The done mark is
+    # retried until it lands (finish.py); meanwhile this worker keeps the lease and copies get 503.
+    if not (yield Call(alipay.finishes.finish, (event.key, note))):
+        return Answer(503, "finish_pending", headers=_TEXT + (("Retry-After", _FINISH_RETRY_AFTER),))
     log.info("alipay %s processed kind=%s key=%s attempt=%d", source, event.kind, event.key, event.attempt)
+    return SUCCESS
+
+
+#: What a 503 ``finish_pending`` asks for; Alipay keeps its own schedule (minutes) whatever it is told.
+_FINISH_RETRY_AFTER = "60"
+
+
+def _transactional(alipay: Alipay, hook: Callable[..., Any], event: PaymentEvent, owner: str, note: str | None,
+                   source: str) -> Flow:
+    """A transactional hook: ``hook(event, tx)`` and the done mark in one ledger transaction (see
+    ``Ledger.run_in_transaction``). A failure of either rolls back both, so a retry is always right."""
+    ledger = alipay.ledger
+    started: list[bool] = []
+
+    def work(tx: Any) -> None:
+        started.append(True)
+        hook(event, tx)
+
+    try:
+        landed = yield Call(ledger.run_in_transaction, (event.key, owner, work, note))
+    except HookFailed as exc:
+        cause = exc.__cause__ or exc
+        log.error("alipay %s failed reason=hook_failed status=500 key=%s attempt=%d error=%s (rolled back)",
+                  source, event.key, event.attempt, type(cause).__name__, exc_info=cause)
+        yield from _release(ledger, event, owner, "".join(traceback.format_exception(cause)))
+        return Answer(500, "hook_failed")
+    except LedgerUnavailable as exc:
+        # Before the hook: the ledger is down. After it: the commit failed, so nothing of the hook's effect
+        # landed and a retry is right (a release only touches a row still received under this owner, so a
+        # commit that did land, its acknowledgement lost, is left done).
+        reason = "commit_failed" if started else "ledger_unavailable"
+        log.error("alipay %s deferred reason=%s status=503 key=%s error=%s", source, reason, event.key, exc)
+        yield from _release(ledger, event, owner, f"{reason}: {exc}")
+        return Answer(503, reason)
+    if not landed:
+        # The lease is no longer ours (it ran out and a copy retook it, or an operator intervened): nothing
+        # ran. Whoever holds it now answers for the event.
+        if (yield Call(ledger.is_done, (event.key,))):
+            return DUPLICATE
+        log.warning("alipay %s busy reason=lease_lost key=%s", source, event.key)
+        return Answer(503, "lease_lost", headers=_TEXT + (("Retry-After", "1"),))
+    log.info("alipay %s processed kind=%s key=%s attempt=%d transactional", source, event.kind, event.key,
+             event.attempt)
     return SUCCESS
 
 

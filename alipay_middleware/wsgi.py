@@ -18,18 +18,24 @@ from typing import Any
 from urllib.parse import quote
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.wsgi import get_host, get_input_stream
+from werkzeug.wsgi import get_input_stream
 
 from .core import Alipay
 from .drive import run_flow
 from .flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
+from .helper import RequestOrigin
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def wsgi_origin(environ: dict[str, Any]) -> str:
-    return f"{environ.get('wsgi.url_scheme', 'http')}://{get_host(environ)}{quote(environ.get('SCRIPT_NAME', ''))}"
+def wsgi_origin(environ: dict[str, Any]) -> RequestOrigin:
+    # PEP 3333's order: the Host header, else the server's own name and port. Either is checked by the
+    # core before it goes into a callback URL (helper.request_base).
+    host = environ.get("HTTP_HOST")
+    if host is None and environ.get("SERVER_NAME"):
+        host = f"{environ['SERVER_NAME']}:{environ.get('SERVER_PORT') or 80}"
+    return RequestOrigin(environ.get("wsgi.url_scheme", "http"), host, quote(environ.get("SCRIPT_NAME", "")))
 
 
 def wsgi_client(environ: dict[str, Any]) -> tuple[str | None, str | None]:

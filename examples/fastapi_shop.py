@@ -10,6 +10,7 @@ The variables are those of ``shop_core.py``; the journey is the one described in
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,13 +22,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 import pages
 import shop_core
-from alipay_middleware import Alipay, AlipayASGIMiddleware, PaymentEvent, ReturnResult
+from alipay_middleware import Alipay, AlipayASGIMiddleware, PaymentEvent, ReturnResult, UntrustedHost
 from shop_core import PENDING, PRODUCTS, OrderStore, ShopSettings, settings_from_env
+
+log = logging.getLogger("fastapi_shop")
 
 
 def create_app(settings: ShopSettings) -> FastAPI:
     store = OrderStore(settings.database)
-    alipay = Alipay(settings.config, ledger=settings.ledger)
+    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts)
 
     # Async hooks run on the event loop, so the blocking SQLite calls go to a thread: awaiting them
     # keeps every other request moving while a notification is processed.
@@ -89,6 +92,12 @@ def create_app(settings: ShopSettings) -> FastAPI:
         url = request.scope["alipay"].page_pay_url(
             out_trade_no=order.out_trade_no, total_amount=order.amount, subject=order.subject)
         return RedirectResponse(url, status_code=303)
+
+    @app.exception_handler(UntrustedHost)
+    async def untrusted_host(request: Request, exc: Exception) -> HTMLResponse:
+        # The pay helper would not derive callback URLs from this request's Host (see flask_shop.py).
+        log.warning("no payment started: %s", exc)
+        return HTMLResponse(pages.untrusted_host_page(demo=settings.demo), 400)
 
     async def render_order(out_trade_no: str, error: str | None = None, status: int = 200) -> HTMLResponse:
         found = await asyncio.to_thread(store.with_refunds, out_trade_no)

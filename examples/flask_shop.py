@@ -10,9 +10,9 @@ by the middleware, rendered here). The order page shows the status from our own 
 calls Alipay's refund API; the order turns "refunded" when Alipay's refund notification arrives
 (``on_refunded``), not when the API says yes.
 
-Against the real sandbox, Alipay must reach /alipay/notify from the internet: browse the shop through a
-tunnel (the callback URLs are derived from the request's host) or set ALIPAY_NOTIFY_URL and
-ALIPAY_RETURN_URL. Configuration: see ``shop_core.py``.
+Against the real sandbox, Alipay must reach /alipay/notify from the internet: set ALIPAY_NOTIFY_URL and
+ALIPAY_RETURN_URL to the shop's public address (a tunnel's, say), or list its host name in
+ALIPAY_ALLOWED_HOSTS to have them derived from the requests to it. Configuration: see ``shop_core.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from werkzeug.wrappers import Response
 
 import pages
 import shop_core
-from alipay_middleware import Alipay, PaymentEvent, ReturnResult
+from alipay_middleware import Alipay, PaymentEvent, ReturnResult, UntrustedHost
 from shop_core import PENDING, PRODUCTS, OrderStore, ShopSettings, settings_from_env
 
 log = logging.getLogger("flask_shop")
@@ -34,7 +34,7 @@ log = logging.getLogger("flask_shop")
 
 def create_app(settings: ShopSettings) -> Flask:
     store = OrderStore(settings.database)
-    alipay = Alipay(settings.config, ledger=settings.ledger)
+    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts)
 
     # -- the middleware's hooks: the only places where Alipay's word changes our orders --
 
@@ -90,10 +90,16 @@ def create_app(settings: ShopSettings) -> Flask:
         if order.status != PENDING:
             return redirect(pages.order_path(out_trade_no), 303)
         # environ["alipay"] is the middleware's pay helper: a signed GET URL for alipay.trade.page.pay,
-        # with notify_url and return_url derived from this request (or taken from the configuration).
+        # with notify_url and return_url from the configuration, or derived from this request when its
+        # Host is loopback or an allowed host (else UntrustedHost, answered below).
         url = request.environ["alipay"].page_pay_url(
             out_trade_no=order.out_trade_no, total_amount=order.amount, subject=order.subject)
         return redirect(url, 303)
+
+    @app.errorhandler(UntrustedHost)
+    def untrusted_host(exc: UntrustedHost) -> tuple[str, int]:
+        log.warning("no payment started: %s", exc)
+        return pages.untrusted_host_page(demo=settings.demo), 400
 
     @app.get("/orders/<out_trade_no>")
     def order_page(out_trade_no: str, error: str | None = None) -> str:

@@ -113,3 +113,11 @@ def back_from_alipay(result: ReturnResult | None, order: Order | None, *, demo: 
         body += (f'<p><a id="order-link" href="{order_path(order.out_trade_no)}">'
                  f"Order {esc(order.out_trade_no)}</a></p>")
     return page("Back from Alipay", body, demo=demo, refresh=2 if state == "waiting" else None)
+
+
+def untrusted_host_page(*, demo: bool) -> str:
+    """The pay views' answer when the middleware will not build callback URLs from this request's Host."""
+    text = ("This shop cannot tell Alipay where to send the payment notification: the address you used is "
+            "not one of its configured host names. Its operator sets ALIPAY_NOTIFY_URL and "
+            "ALIPAY_RETURN_URL, or lists the shop's host names in ALIPAY_ALLOWED_HOSTS.")
+    return page("Cannot start the payment", f'<p id="untrusted-host">{esc(text)}</p>', demo=demo)

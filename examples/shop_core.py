@@ -8,8 +8,11 @@ Settings come from the environment:
     ALIPAY_GATEWAY          default: the sandbox, https://openapi-sandbox.dl.alipaydev.com/gateway.do
                             (a live shop sets https://openapi.alipay.com/gateway.do explicitly)
     ALIPAY_SELLER_ID        optional 2088... partner id; notifications for another seller are refused
-    ALIPAY_NOTIFY_URL       optional; by default derived from the request's host (+ /alipay/notify)
-    ALIPAY_RETURN_URL       optional; by default derived from the request's host (+ /alipay/return)
+    ALIPAY_NOTIFY_URL       e.g. https://shop.example/alipay/notify: where Alipay sends notifications
+    ALIPAY_RETURN_URL       e.g. https://shop.example/alipay/return: where the buyer comes back
+    ALIPAY_ALLOWED_HOSTS    instead of the two URLs: the shop's host names, comma-separated
+                            (shop.example,www.shop.example); the URLs are then derived from requests to
+                            those hosts (+ /alipay/notify, /alipay/return). Loopback is always allowed.
     ALIPAY_LEDGER           default: alipay-ledger.sqlite3 in the working directory (sqlite:///path URL)
     SHOP_DATABASE           default shop.sqlite3 (in the working directory)
 
@@ -331,6 +334,8 @@ class ShopSettings:
     database: Path
     ledger: str
     demo: bool = False  # demo mode: the gateway is the local simulator, the page says so
+    #: ``Alipay(allowed_hosts=...)``: None when not configured (the middleware warns if the URLs are not either).
+    allowed_hosts: tuple[str, ...] | None = None
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ, *, workdir: Path | None = None) -> ShopSettings:
@@ -349,10 +354,12 @@ def settings_from_env(env: Mapping[str, str] = os.environ, *, workdir: Path | No
         notify_url=env.get("ALIPAY_NOTIFY_URL") or None,
         return_url=env.get("ALIPAY_RETURN_URL") or None,
     )
+    hosts = env.get("ALIPAY_ALLOWED_HOSTS")
     return ShopSettings(
         config=config,
         database=where / env.get("SHOP_DATABASE", "shop.sqlite3"),
         ledger=env.get("ALIPAY_LEDGER") or f"sqlite:///{(where / 'alipay-ledger.sqlite3').resolve()}",
+        allowed_hosts=None if hosts is None else tuple(h.strip() for h in hosts.split(",") if h.strip()),
     )
 
 
@@ -416,4 +423,7 @@ def demo_settings(state_dir: Path, keys: DemoKeys, alipay_public_key: str, gatew
         # Four slashes: an absolute path, so the ledger does not depend on the working directory.
         ledger=f"sqlite:///{(state_dir / 'alipay-ledger.sqlite3').resolve()}",
         demo=True,
+        # The demo is served on 127.0.0.1, and loopback is the one Host the callback URLs may always be
+        # derived from; an explicit empty list says so (and spares the start-up warning).
+        allowed_hosts=(),
     )

@@ -264,6 +264,10 @@ class Recorder:
 
 # -- ledgers: SQLite by default; a module overrides ``ledger_backend`` to run against both -----------------
 
+#: The Hosts test clients send: the clients above, and Starlette's (and Django's) TestClient. The factories
+#: below allow them, so that pay URLs built in requests get callback URLs derived from them.
+TEST_HOSTS = ["shop.example", "testserver"]
+
 POSTGRES = os.environ.get("ALIPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -328,6 +332,7 @@ def make_alipay(keys: Keys, new_ledger: Callable[[], Any]) -> Iterator[Callable[
 
     def _make(ledger: str | None = None, orders: Mapping[str, str] | None = None, **kwargs: Any) -> Alipay:
         config_overrides = kwargs.pop("config", {})
+        kwargs.setdefault("allowed_hosts", TEST_HOSTS)
         alipay = Alipay(make_config(keys, **config_overrides), ledger=ledger or new_ledger(), **kwargs)
         if orders is not None:
             table = {k: Decimal(v) for k, v in orders.items()}
@@ -504,7 +509,8 @@ def make_legacy(gateway_stub: GatewayStub, new_ledger: Callable[[], Any]) -> Ite
         settings: dict[str, Any] = {"partner": PARTNER, "key": MD5_KEY, "gateway": gateway_stub.url,
                                     "verify_timeout": 1.0}
         settings.update(config)
-        alipay = Alipay(LegacyConfig(**settings), ledger=new_ledger(), **(alipay_kwargs or {}))
+        alipay = Alipay(LegacyConfig(**settings), ledger=new_ledger(),
+                        **{"allowed_hosts": TEST_HOSTS, **(alipay_kwargs or {})})
         if orders is not None:
             table = {k: Decimal(v) for k, v in orders.items()}
             alipay.order_amount(table.get)

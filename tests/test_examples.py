@@ -6,6 +6,7 @@ package, so this module does the same before importing them.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import sys
@@ -13,7 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+import httpx
 import pytest
 from flask import Flask
 from werkzeug.test import Client
@@ -25,6 +29,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import demo  # noqa: E402
+import fastapi_shop  # noqa: E402
 import flask_shop  # noqa: E402
 import shop_core  # noqa: E402
 
@@ -72,7 +77,7 @@ def test_demo_keys_are_made_once_kept_private_and_git_ignored(tmp_path: Path) ->
 
 def test_settings_from_env_use_the_sandbox_by_default(keys: Keys, tmp_path: Path) -> None:
     env = {"ALIPAY_APP_ID": "2021000000000077", "ALIPAY_APP_PRIVATE_KEY": keys.app_private_pem,
-           "ALIPAY_PUBLIC_KEY": keys.alipay_public_pem}
+           "ALIPAY_PUBLIC_KEY": keys.alipay_public_pem, "ALIPAY_ALLOWED_HOSTS": "shop.example"}
     settings = shop_core.settings_from_env(env, workdir=tmp_path)
     assert not settings.demo and settings.config.gateway == shop_core.SANDBOX_GATEWAY
     assert settings.config.seller_id is None and settings.database == tmp_path / "shop.sqlite3"
@@ -82,6 +87,7 @@ def test_settings_from_env_use_the_sandbox_by_default(keys: Keys, tmp_path: Path
         assert page.status_code == 200 and "Pay with Alipay" in page.text and "Demo mode" not in page.text
         bought = Client(app).post("/buy", data={"product": "tea"}, base_url="https://shop.example")
         assert bought.status_code == 303 and bought.headers["location"].startswith(shop_core.SANDBOX_GATEWAY + "?")
+        assert "notify_url=https%3A%2F%2Fshop.example%2Falipay%2Fnotify&" in bought.headers["location"]
     finally:
         app.extensions["alipay"].close()
     live = shop_core.settings_from_env({**env, "ALIPAY_GATEWAY": "https://openapi.alipay.com/gateway.do"},
@@ -89,6 +95,52 @@ def test_settings_from_env_use_the_sandbox_by_default(keys: Keys, tmp_path: Path
     assert live.config.gateway == "https://openapi.alipay.com/gateway.do"
     with pytest.raises(SystemExit, match="ALIPAY_PUBLIC_KEY.*python examples/demo.py"):
         shop_core.settings_from_env({"ALIPAY_APP_ID": "2021000000000077", "ALIPAY_APP_PRIVATE_KEY": "x"})
+
+
+@pytest.mark.parametrize("shop", demo.SHOPS)
+@pytest.mark.parametrize("extra_env", [{}, {"ALIPAY_ALLOWED_HOSTS": " www.shop.example, .shop.example "},
+                                       {"ALIPAY_NOTIFY_URL": "https://pay.shop.example/alipay/notify",
+                                        "ALIPAY_RETURN_URL": "https://pay.shop.example/alipay/return"}],
+                         ids=["nothing", "allowed_hosts", "urls"])
+def test_shops_from_env_build_callback_urls_only_for_their_own_hosts(keys: Keys, tmp_path: Path, shop: str,
+                                                                    extra_env: dict[str, str]) -> None:
+    """Without URLs or allowed hosts the shop still works on loopback, and answers any other Host with a
+    page saying what to configure (400), never a pay URL pointing at that Host."""
+    env = {"ALIPAY_APP_ID": "2021000000000077", "ALIPAY_APP_PRIVATE_KEY": keys.app_private_pem,
+           "ALIPAY_PUBLIC_KEY": keys.alipay_public_pem, **extra_env}
+    settings = shop_core.settings_from_env(env, workdir=tmp_path)
+    if shop == "flask":
+        app: Any = flask_shop.create_app(settings)
+        alipay, client = app.extensions["alipay"], Client(app)
+
+        def buy(origin: str) -> tuple[int, str, str]:
+            reply = client.post("/buy", data={"product": "tea"}, base_url=origin)
+            return reply.status_code, reply.headers.get("location", ""), reply.text
+    else:
+        app = fastapi_shop.create_app(settings)
+        alipay = app.state.alipay
+
+        async def post(origin: str) -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=origin) as client:
+                return await client.post("/buy", content=b"product=tea",
+                                         headers={"content-type": "application/x-www-form-urlencoded"})
+
+        def buy(origin: str) -> tuple[int, str, str]:
+            reply = asyncio.run(post(origin))
+            return reply.status_code, reply.headers.get("location", ""), reply.text
+    try:
+        for origin in ("https://evil.example", "https://www.shop.example", "http://127.0.0.1:8000"):
+            status, location, text = buy(origin)
+            params = dict(parse_qsl(urlsplit(location).query))
+            if "ALIPAY_NOTIFY_URL" in env:
+                assert status == 303 and params["notify_url"] == env["ALIPAY_NOTIFY_URL"], origin
+            elif origin.endswith("127.0.0.1:8000") or (origin.endswith("shop.example") and extra_env):
+                assert status == 303 and params["notify_url"] == f"{origin}/alipay/notify", origin
+            else:
+                assert status == 400 and 'id="untrusted-host"' in text and "ALIPAY_ALLOWED_HOSTS" in text, origin
+                assert location == "" and "evil" not in text
+    finally:
+        alipay.close()
 
 
 # -- refunds in the shop: what the order page says for every outcome ------------------------------------

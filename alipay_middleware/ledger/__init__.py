@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import unquote
 
 from .base import (
@@ -21,6 +22,14 @@ from .base import (
 from .sqlite import SQLiteLedger
 
 _NAMES = ("schema", "table")
+_POSTGRES_URL = ("postgresql://", "postgres://")
+#: libpq's keyword form, ``host=db dbname=shop user=shop``: it starts with a keyword and ``=``.
+_KEYWORD_FORM = re.compile(r"\s*[A-Za-z_]+\s*=")
+
+
+def is_postgres_setting(spec: str) -> bool:
+    """A PostgreSQL URL, or libpq's keyword form (which ``PostgresLedger`` accepts as well)."""
+    return spec.startswith(_POSTGRES_URL) or _KEYWORD_FORM.match(spec) is not None
 
 
 def split_table_params(url: str) -> tuple[str, dict[str, str]]:
@@ -45,11 +54,15 @@ def split_table_params(url: str) -> tuple[str, dict[str, str]]:
 def open_ledger(spec: str | Ledger, *, create: bool = True) -> Ledger:
     """A ledger from ``"sqlite:///relative.sqlite3"``, ``"sqlite:////absolute/path"``, ``":memory:"``
     (or ``"sqlite:///:memory:"``), ``"postgresql://user@host/db"`` (needs the ``postgres`` extra; add
-    ``?table=name`` and/or ``&schema=name`` for another table than ``public.alipay_events``), or a
+    ``?table=name`` and/or ``&schema=name`` for another table than ``public.alipay_events``), libpq's
+    keyword form ``"host=db dbname=shop user=shop"`` (always ``public.alipay_events``), or a
     :class:`Ledger` instance passed through.
 
     ``create=False`` (the operator's tools) refuses a SQLite file or PostgreSQL table that does not
     exist yet instead of creating an empty one: a mistyped path is an error, not an empty ledger.
+
+    An unrecognised setting is never quoted in the error, not even its first characters: a PostgreSQL
+    setting with a typo still holds its password.
     """
     if isinstance(spec, Ledger):
         return spec
@@ -64,22 +77,32 @@ def open_ledger(spec: str | Ledger, *, create: bool = True) -> Ledger:
         if not create and path != ":memory:" and not os.path.isfile(path):
             raise ValueError(f"no SQLite ledger at {path!r} (relative paths start from {os.getcwd()!r})")
         return SQLiteLedger(path)
-    if spec.startswith(("postgresql://", "postgres://")):
+    if is_postgres_setting(spec):
         try:
             from .postgres import PostgresLedger
         except ImportError as exc:
             raise ValueError(f"{exc}, or: pip install 'alipay-middleware[postgres]'") from None
-        url, names = split_table_params(spec)
+        url, names = split_table_params(spec) if spec.startswith(_POSTGRES_URL) else (spec, {})
         return PostgresLedger(url, schema=names.get("schema", "public"), table=names.get("table", "alipay_events"),
                               create_schema=create)
     raise ValueError(
-        f"unsupported ledger {spec.split('://')[0][:20]!r}: use 'sqlite:///path/to/file.sqlite3' (relative), "
-        "'sqlite:////absolute/path.sqlite3', ':memory:' (tests only), 'postgresql://user@host/db', "
-        "or pass a Ledger instance"
+        f"unsupported ledger setting (not shown: it may hold a password){_hint(spec)}. Use "
+        "'sqlite:///path/to/file.sqlite3' (relative), 'sqlite:////absolute/path.sqlite3', ':memory:' (tests only), "
+        "'postgresql://user@host/db', libpq's 'host=... dbname=...', or pass a Ledger instance"
     )
+
+
+def _hint(spec: str) -> str:
+    """What the setting seems to be meant as, said without quoting any of it."""
+    start = spec.strip().lower()
+    if start.startswith("postgres"):
+        return ": it starts like a PostgreSQL URL, which begins with postgresql:// (a colon and two slashes)"
+    if start.startswith("sqlite"):
+        return ": it starts like a SQLite URL, which begins with sqlite:/// (three slashes; four for an absolute path)"
+    return ""
 
 
 __all__ = [
     "ALREADY_DONE", "BUSY", "CLAIMED", "DONE", "FAILED", "PRUNE_KEEP", "RECEIVED", "REJECTED",
-    "Claim", "Ledger", "SQLiteLedger", "StoredEvent", "open_ledger", "split_table_params",
+    "Claim", "Ledger", "SQLiteLedger", "StoredEvent", "is_postgres_setting", "open_ledger", "split_table_params",
 ]

@@ -19,10 +19,11 @@ your own that does not simply cannot be pruned or migrated (they raise ``NotImpl
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
+from typing import Any
 
 from ..events import PaymentEvent
 
@@ -117,6 +118,27 @@ class Ledger(ABC):
     def events(self, status: str | None = None, out_trade_no: str | None = None,
                limit: int = 100) -> list[StoredEvent]:
         """Newest first, optionally filtered."""
+
+    # -- transactional hooks: not abstract, a ledger of your own simply does not offer them -----------
+
+    def transactions_unsupported(self) -> str | None:
+        """Why this ledger cannot run transactional hooks (None when it can). See :meth:`run_in_transaction`."""
+        return f"{type(self).__name__} does not offer hook transactions"
+
+    def run_in_transaction(self, key: str, owner: str, work: Callable[[Any], None], note: str | None = None) -> bool:
+        """Run ``work(tx)`` and mark ``key`` done in one transaction on this ledger's own connection.
+
+        The event's row must still be ``received`` under ``owner``'s lease; it is locked for the whole
+        transaction (no retake while ``work`` runs), and the done mark is written only if it still is.
+        ``tx`` is a :class:`~alipay_middleware.ledger.guard.TransactionGuard` around the connection.
+
+        Returns True when ``work`` ran and everything committed; False when the lease was not ``owner``'s
+        (nothing ran, nothing was written). Raises :class:`~alipay_middleware.errors.HookFailed` (rolled
+        back) when ``work`` raised, and :class:`~alipay_middleware.errors.LedgerUnavailable` when the
+        transaction could not be begun or committed (nothing of ``work`` landed, unless the connection broke
+        during COMMIT itself: then the row tells, which is why a release is guarded by owner and status).
+        """
+        raise NotImplementedError(self.transactions_unsupported())
 
     # -- the operator's tools: not abstract, so that ledgers written before them keep working --------
 

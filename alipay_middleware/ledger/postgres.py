@@ -59,7 +59,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -74,7 +74,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError('PostgresLedger needs psycopg 3: pip install "psycopg[binary]"') from exc
 
-from ..errors import LedgerUnavailable
+from ..errors import HookFailed, LedgerUnavailable
 from ..events import PaymentEvent
 from .base import (
     ALREADY_DONE,
@@ -91,6 +91,7 @@ from .base import (
     check_aware,
     chunks,
 )
+from .guard import TransactionGuard
 
 # Index names are "<table>_<suffix>"; PostgreSQL silently truncates names past 63 bytes, and with
 # CREATE INDEX IF NOT EXISTS two truncated names could collide into one missing index, so the table
@@ -115,6 +116,15 @@ class ConnectionPoolLike(Protocol):
     """What ``pool=`` needs: ``psycopg_pool.ConnectionPool`` fits, and so does any look-alike."""
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
+
+
+def _misplaced_at(url: str) -> bool:
+    """An '@' where libpq does not read one as the end of ``user:password``: after the first '@', or
+    after a '/' that libpq takes for the end of the host (an unescaped '@' or '/' in the password)."""
+    rest = url.split("://", 1)[1]
+    end = next((i for i, c in enumerate(rest) if c in "@/"), len(rest))
+    after = rest[end + 1:] if end < len(rest) and rest[end] == "@" else rest
+    return "@" in after.split("?", 1)[0]
 
 
 def _check_names(schema: str, table: str) -> None:
@@ -303,12 +313,22 @@ class PostgresLedger(Ledger):
         if "://" in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
             raise ValueError("a PostgreSQL URL starts with postgresql:// or postgres:// "
                              "(e.g. 'postgresql://user@host:5432/dbname')")
+        if "://" in conninfo and _misplaced_at(conninfo):
+            # libpq would take the password's tail for the host or the database, and every message and
+            # repr that names those would show it.
+            raise ValueError("the PostgreSQL URL has an '@' outside its user:password@ part (not shown: it may "
+                             "hold a password); percent-encode '@', '/' and ':' in the password as %40, %2F, %3A")
         try:
-            return dict(conninfo_to_dict(conninfo))
+            params = dict(conninfo_to_dict(conninfo))
         except psycopg.Error:
             # psycopg's message quotes pieces of the string, which may hold a password.
             raise ValueError("invalid PostgreSQL conninfo (not shown: it may hold a password); expected "
                              "'postgresql://user@host:5432/dbname' or 'host=... dbname=...'") from None
+        if not all(not port.strip() or port.strip().isdigit() for port in str(params.get("port") or "").split(",")):
+            # libpq's own message quotes the value: a password whose '/' ended the URL's host part early.
+            raise ValueError("the PostgreSQL setting's port is not a number (not shown: it may be part of a "
+                             "password); percent-encode '/' and ':' in the password as %2F, %3A")
+        return params
 
     def __repr__(self) -> str:
         where = f"{self.schema}.{self.table}"
@@ -503,6 +523,47 @@ class PostgresLedger(Ledger):
     def reject(self, key: str, owner: str, reason: str) -> None:
         self._release(key, owner, REJECTED, reason, None)
 
+    # -- transactional hooks ---------------------------------------------------------------------------
+
+    def transactions_unsupported(self) -> str | None:
+        return None
+
+    def run_in_transaction(self, key: str, owner: str, work: Callable[[Any], None], note: str | None = None) -> bool:
+        """See :meth:`Ledger.run_in_transaction`. The event's row is locked (``FOR UPDATE``) for the whole run
+        of ``work``, which stops a copy from retaking it: that copy waits at most ``lock_timeout`` and is
+        answered 503. Only that trade's row is locked by the ledger; the hook's own statements lock what
+        they touch, and every wait for a lock is bounded by ``lock_timeout`` too."""
+        q = self._q
+        try:
+            with self._borrow() as conn:
+                try:
+                    with conn.transaction():
+                        with conn.cursor(row_factory=tuple_row) as cur:
+                            if self._pool is not None:
+                                cur.execute(q.set_lock_timeout)
+                            if cur.execute(q.lock_own, (key, RECEIVED, owner)).fetchone() is None:
+                                raise _LeaseLost
+                        guard = TransactionGuard(conn)
+                        try:
+                            work(guard)
+                            if conn.info.transaction_status != TransactionStatus.INTRANS:
+                                # A statement of the hook failed and the hook swallowed the error: the
+                                # transaction is aborted, and committing it would silently roll back.
+                                raise RuntimeError("a statement of the hook failed and its error was caught; "
+                                                   "the transaction is aborted")
+                        except Exception as exc:
+                            raise HookFailed(f"{type(exc).__name__}: {_oneline(exc)}") from exc
+                        finally:
+                            guard._end()
+                        with conn.cursor(row_factory=tuple_row) as cur:
+                            if cur.execute(q.finish_owned, (DONE, note, key, RECEIVED, owner)).rowcount != 1:
+                                raise _LeaseLost  # pragma: no cover - the row lock kept it as read above
+                except _LeaseLost:
+                    return False
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(f"postgresql: {_oneline(exc)}") from exc
+        return True
+
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
         row = _row(event, raw_body, charset, REJECTED)
@@ -586,6 +647,10 @@ class PostgresLedger(Ledger):
         self._local = threading.local()
 
 
+class _LeaseLost(Exception):
+    """The event is no longer ``received`` under this owner's lease: roll back, run nothing."""
+
+
 def _one(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
     row = cur.fetchone()
     if row is None:  # pragma: no cover - each caller's statement returns exactly one row
@@ -653,6 +718,13 @@ class _Queries:
         self.finish = sql.SQL(
             "UPDATE {} SET status = %s, lease_owner = NULL, lease_until = NULL, error = NULL, reason = %s, "
             "updated_at = statement_timestamp() WHERE dedupe_key = %s"
+        ).format(t).as_bytes(None)
+        self.lock_own = sql.SQL(
+            "SELECT 1 FROM {} WHERE dedupe_key = %s AND status = %s AND lease_owner = %s FOR UPDATE"
+        ).format(t).as_bytes(None)
+        self.finish_owned = sql.SQL(
+            "UPDATE {} SET status = %s, lease_owner = NULL, lease_until = NULL, error = NULL, reason = %s, "
+            "updated_at = statement_timestamp() WHERE dedupe_key = %s AND status = %s AND lease_owner = %s"
         ).format(t).as_bytes(None)
         self.release = sql.SQL(
             "UPDATE {} SET status = %s, reason = %s, error = %s, lease_owner = NULL, lease_until = NULL, "

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import LedgerUnavailable
+from ..errors import HookFailed, LedgerUnavailable
 from ..events import PaymentEvent
 from .base import (
     ALREADY_DONE,
@@ -38,6 +39,7 @@ from .base import (
     check_aware,
     chunks,
 )
+from .guard import TransactionGuard
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = (
@@ -62,6 +64,40 @@ def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
+def _mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:  # a -wal or -shm file removed meanwhile by the last connection closing
+        return None
+
+
+def _prepare_file(path: str) -> None:
+    """Create a new ledger file owner-only (0600), before SQLite does with the umask's usual 0644; warn
+    about an existing one that group or others can read or write.
+
+    The file holds raw notification bodies with buyer ids. SQLite gives the ``-wal`` and ``-shm`` files
+    the database file's mode, so they follow. Anything that goes wrong here (no such directory, no
+    rights) is left to ``sqlite3.connect``, whose error the caller already explains.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        loose = {name: mode for name in (path, f"{path}-wal", f"{path}-shm")
+                 if (mode := _mode(name)) is not None and mode & 0o066}
+        if loose:
+            name, mode = next(iter(loose.items()))
+            logging.getLogger("alipay_middleware").warning(
+                "alipay ledger file %s can be read or written by group or others (mode %04o): it holds raw "
+                "notification bodies with buyer ids. Run: chmod 600 %s", name, mode, " ".join(loose))
+        return
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask (a stricter one would drop the owner's write)
+    finally:
+        os.close(fd)
+
+
 class SQLiteLedger(Ledger):
     """``SQLiteLedger("alipay-ledger.sqlite3")``, or ``SQLiteLedger(":memory:")`` for tests."""
 
@@ -79,6 +115,8 @@ class SQLiteLedger(Ledger):
         # (pid, connection): a forked child must neither use nor close its parent's connections.
         self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
+        if not self._memory:
+            _prepare_file(path)
         try:
             with self._tx() as db:
                 self._create_schema(db)
@@ -238,6 +276,59 @@ class SQLiteLedger(Ledger):
 
     def reject(self, key: str, owner: str, reason: str) -> None:
         self._release(key, owner, REJECTED, reason, None)
+
+    # -- transactional hooks ---------------------------------------------------------------------------
+
+    def transactions_unsupported(self) -> str | None:
+        if self._memory:
+            return "an in-memory SQLite ledger (':memory:') shares one connection between all threads"
+        return None
+
+    def run_in_transaction(self, key: str, owner: str, work: Callable[[Any], None], note: str | None = None) -> bool:
+        """See :meth:`Ledger.run_in_transaction`. ``BEGIN IMMEDIATE`` takes the database's write lock for the
+        whole run of ``work``: other writers (claims of other events included) wait up to ``busy_timeout``."""
+        if self._memory:
+            raise NotImplementedError(self.transactions_unsupported())
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"sqlite: {exc}") from exc
+        try:
+            row = db.execute(f"SELECT status, lease_owner FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
+            if row is None or row[0] != RECEIVED or row[1] != owner:
+                self._rollback(db)
+                return False
+            guard = TransactionGuard(db)
+            try:
+                work(guard)
+                if not db.in_transaction:  # pragma: no cover - the guard refuses every way we know of
+                    raise RuntimeError("the hook ended the ledger's transaction")
+            except Exception as exc:
+                self._rollback(db)
+                raise HookFailed(f"{type(exc).__name__}: {exc}") from exc
+            finally:
+                guard._end()
+            done = db.execute(
+                f"UPDATE {self.table} SET status = ?, lease_owner = NULL, lease_until = NULL, error = NULL, "
+                "reason = ?, updated_at = ? WHERE dedupe_key = ? AND status = ? AND lease_owner = ?",
+                (DONE, note, time.time(), key, RECEIVED, owner),
+            ).rowcount
+            if done != 1:  # pragma: no cover - the write lock kept the row as it was read above
+                self._rollback(db)
+                return False
+            self._commit(db)
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            raise LedgerUnavailable(f"sqlite: {exc}") from exc
+        except BaseException:
+            self._rollback(db)
+            raise
+        return True
+
+    @staticmethod
+    def _commit(db: sqlite3.Connection) -> None:
+        db.execute("COMMIT")
 
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]

@@ -28,7 +28,9 @@ switches faults on (:class:`Faults`):
   shop's own amount check can catch it (a change after signing would only test the signature check).
 
 Security: it accepts whatever keys it is given and binds to loopback only; callbacks go to loopback
-URLs only unless ``allow_remote_callbacks=True``. Never expose it to a network.
+URLs only unless ``allow_remote_callbacks=True``. Never expose it to a network. It answers only requests
+whose Host is a loopback name or its bound address (421 otherwise: DNS rebinding), and refuses with 403 a
+POST to its own pages (fault switches, checkout) sent from another origin (see ``guard``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from Crypto.PublicKey import RSA
 from werkzeug.exceptions import HTTPException
@@ -19,7 +20,7 @@ from ..errors import Rejection
 from ..keys import load_private_key
 from ..signing import RsaSigner
 from ..wire import CST, normalize_charset, parse_form, sniff_charset
-from . import legacy, openapi, pages
+from . import guard, legacy, openapi, pages
 from .callbacks import Callbacks
 from .model import (
     OPENAPI,
@@ -42,6 +43,8 @@ NOTIFY_AFTER_REDIRECT = 0.1
 
 _SERVICE = re.compile(rb"(?:^|&)service=")
 _INPUT_CHARSET = re.compile(rb"(?:^|&)_input_charset=([A-Za-z0-9_.%-]*)")
+#: Endpoints whose POSTs come from the simulator's own pages only (see guard.py); gateway.do is cross-origin.
+_OWN_FORMS = frozenset({"faults", "checkout"})
 
 
 class _Request(Request):
@@ -104,6 +107,8 @@ class Simulator:
             Rule("/gateway.do", endpoint="gateway", methods=["GET", "POST"]),
             Rule("/checkout/<trade_no>", endpoint="checkout", methods=["GET", "POST"]),
         ])
+        #: (host, port) of every address serve() bound: accepted as Host besides the loopback names.
+        self._bound: frozenset[tuple[str, int]] = frozenset()
 
     def __repr__(self) -> str:
         return f"<Simulator apps={sorted(self._merchants)} partners={sorted(self._legacy)}>"
@@ -153,34 +158,52 @@ class Simulator:
         if not is_loopback_url(f"http://{host}/") and host != "localhost":
             raise ValueError(f"the simulator binds to loopback only (127.0.0.1, ::1), not {host!r}: it is a "
                              "test double that accepts any registered key and must not face a network")
-        return SimServer(self, host, port)
+        server = SimServer(self, host, port)
+        bound = guard.split_host(urlsplit(server.url).netloc)
+        if bound is not None and bound[1] is not None:
+            self._bound |= {(bound[0], bound[1])}
+        return server
 
     # -- WSGI --------------------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        refused = guard.host_refusal(environ, self._bound)
+        if refused is not None:
+            return self._refuse(*refused)(environ, start_response)
         request = _Request(environ)
         adapter = self._routes.bind_to_environ(environ)
         try:
             endpoint, args = adapter.match()
-            response = getattr(self, f"_on_{endpoint}")(request, **args)
+            reason = guard.cross_origin_refusal(environ) \
+                if endpoint in _OWN_FORMS and request.method not in ("GET", "HEAD") else None
+            response = (self._refuse(403, reason) if reason is not None
+                        else getattr(self, f"_on_{endpoint}")(request, **args))
         except HTTPException as exc:
             response = Response(pages.result(f"{exc.code} {exc.name}", exc.description or ""),
                                 status=exc.code or 500, content_type="text/html; charset=utf-8")
-        return response(environ, start_response)  # type: ignore[no-any-return]
+        return response(environ, start_response)
+
+    @staticmethod
+    def _refuse(status: int, reason: str) -> Response:
+        return Response(f"{status} {reason}\n", status=status, content_type="text/plain; charset=utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
 
     def _html(self, text: str, status: int = 200) -> Response:
-        return Response(text, status=status, content_type="text/html; charset=utf-8")
+        # No framing: another origin's page must not overlay the Pay button or the fault switches.
+        return Response(text, status=status, content_type="text/html; charset=utf-8",
+                        headers={"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"})
 
     def _on_admin(self, request: Request) -> Response:
         merchants = [(m.app_id, m.name) for m in self._merchants.values()] + \
             [(m.partner, f"{m.name} (legacy)") for m in self._legacy.values()]
         return self._html(pages.admin(request.url_root + "gateway.do", self._store.trades(), self.deliveries(),
-                                      self.faults, self.alipay_public_key_pem, merchants))
+                                      self.faults, self.alipay_public_key_pem, merchants,
+                                      saved=request.args.get("saved") == "1"))
 
     def _on_faults(self, request: Request) -> Response:
         for name in Faults.names():
             setattr(self.faults, name, request.form.get(name) in ("on", "1", "true"))
-        return Response(status=303, headers={"Location": request.script_root + "/"})
+        return Response(status=303, headers={"Location": request.script_root + "/?saved=1"})
 
     # -- gateway.do ----------------------------------------------------------------------------------
 

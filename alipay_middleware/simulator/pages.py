@@ -3,7 +3,7 @@
 Stable selectors (the browser tests rely on them): ``#pay``, ``#cancel``, ``#timeout`` on the checkout
 page (one form POSTing ``action=pay|cancel|timeout`` to ``/checkout/<trade_no>``), ``#error-code`` on
 the error page, ``#faults`` (the form POSTing to ``/faults``) and ``#fault-<name>`` checkboxes on the
-admin page, ``#orders`` and ``#deliveries`` tables.
+admin page (``#faults-saved`` after a save), ``#orders`` and ``#deliveries`` tables.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _refund_mark(delivery: Delivery) -> str:
 
 
 def admin(gateway_url: str, trades: Iterable[SimTrade], deliveries: Iterable[Delivery], faults: Faults,
-          alipay_public_key: str, merchants: Iterable[tuple[str, str]]) -> str:
+          alipay_public_key: str, merchants: Iterable[tuple[str, str]], saved: bool = False) -> str:
     rows = "".join(
         f"<tr><td>{e(t.kind)}</td><td>{e(t.merchant_id)}</td><td><a href='/checkout/{e(t.trade_no)}'>"
         f"{e(t.out_trade_no)}</a></td><td><code>{e(t.trade_no)}</code></td><td>{e(t.subject)}</td>"
@@ -98,6 +98,7 @@ def admin(gateway_url: str, trades: Iterable[SimTrade], deliveries: Iterable[Del
 <pre id="alipay-public-key">{e(alipay_public_key)}</pre></details>
 <h2>Faults</h2>
 <form id="faults" method="post" action="/faults">{switches}<button id="save-faults" type="submit">Save</button></form>
+{'<p id="faults-saved">Saved.</p>' if saved else ""}
 <h2>Orders</h2>
 <table id="orders"><tr><th>kind</th><th>merchant</th><th>out_trade_no</th><th>trade_no</th><th>subject</th>
 <th>amount</th><th>status</th><th>refunded</th><th>created (UTC+8)</th></tr>{rows}</table>
