@@ -408,7 +408,7 @@ class GatewayStub:
     Like Alipay, it answers ``true`` only for ids it issued (``issue``), ``false`` otherwise; ``set``
     makes one id answer something else: ``"invalid"``, ``"garbage"``, ``"http500"``, ``"hang"``
     (no answer until the test ends) or ``"hold"`` (the usual answer, once the test calls ``release()``;
-    ``wait_held(n)`` waits until ``n`` requests are being held). ``requests`` holds every raw request
+    ``wait_held(n)`` waits until ``n`` requests have been held). ``requests`` holds every raw request
     target, as sent; ``count(notify_id)`` counts the requests for one id.
     """
 
