@@ -214,10 +214,15 @@ class LegacyProtocol(Protocol):
         return f"{gateway}{separator}service=notify_verify&partner={self.config.partner}&notify_id={notify_id}"
 
     def check_origin(self, answer: bytes) -> None:
-        if answer == b"true":
+        # The verdict is one lowercase word. Surrounding ASCII whitespace (a trailing CRLF) is forgiven, as
+        # Alipay's own demos forgive it (the Java demo reads one line with readLine); nothing else is:
+        # "<html>true</html>", "truex", "untrue" and "TRUE" are not what Alipay answers, though the PHP
+        # demo's preg_match("/true$/i") would take them.
+        verdict = answer.strip()  # bytes.strip(): ASCII whitespace only
+        if verdict == b"true":
             return
-        if answer in (b"false", b"invalid"):
-            raise Rejection("origin_refused", 400, f"notify_verify answered {answer.decode()}")
+        if verdict in (b"false", b"invalid"):
+            raise Rejection("origin_refused", 400, f"notify_verify answered {verdict.decode()}")
         # An error page, a proxy's banner: not a verdict. 503, so that Alipay asks again later.
         raise Rejection("origin_unclear", 503, f"notify_verify answered {answer[:40]!r}")
 
