@@ -28,6 +28,7 @@ from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .keys import load_private_key, load_public_key, same_key
 from .openapi import check_gateway
+from .outbound import parse_proxy
 from .protocol import Protocol, amount_field, verify_signed_fields
 from .signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
 from .wire import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
@@ -73,6 +74,9 @@ class LegacyConfig:
     """A legacy merchant: partner id and MD5 key, or partner id and an RSA key pair.
 
     Keys are parsed (and cross-checked) when this object is built; key text never appears in its repr.
+    ``proxy``: ``"http://[user:password@]host:port"`` to send every call to Alipay (``notify_verify``,
+    ``single_trade_query``) through an HTTP proxy's CONNECT tunnel; None (the default) connects directly,
+    and environment proxy variables are never used. See :mod:`alipay_middleware.outbound`.
     """
 
     partner: str
@@ -89,6 +93,7 @@ class LegacyConfig:
     return_url: str | None = None
     coupon_policy: str = "strict"
     verify_timeout: float = 10.0
+    proxy: str | None = field(default=None, repr=False)  # may hold a password: never shown
     _signer: Signer = field(init=False, repr=False, compare=False)
     _verifier: Verifier = field(init=False, repr=False, compare=False)
 
@@ -106,6 +111,7 @@ class LegacyConfig:
         ):
             raise ValueError("seller_email must be the seller's Alipay account as a str, without surrounding spaces")
         check_gateway(self.gateway)
+        parse_proxy(self.proxy)
         if not isinstance(self.verify_notify_id, bool):
             raise TypeError("verify_notify_id must be True or False")
         if not isinstance(self.input_charset, str):
