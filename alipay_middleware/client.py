@@ -29,21 +29,20 @@ For a legacy merchant (``LegacyConfig``), ``alipay.client`` is a
 :class:`~alipay_middleware.legacy_client.LegacyClient` instead: ``single_trade_query`` only, on the same
 transport, timeout and retry policy.
 
-Standard library only (``http.client``); environment proxy settings are not used. ``timeout`` bounds a
+Every call goes through :class:`~alipay_middleware.outbound.Transport`, the one policy for all calls to
+Alipay: standard library only (``http.client``); environment proxy settings are not used, the config's
+``proxy`` is (an HTTP ``CONNECT`` tunnel); redirects are errors, never followed. ``timeout`` bounds a
 whole attempt (connect, send, wait, read). One INFO log line per call (method, ``out_trade_no``,
-outcome), never keys or bodies.
+outcome), never keys, bodies or credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import http.client
 import logging
 import math
 import re
-import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
@@ -52,13 +51,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from .core import Alipay
 from .errors import AlipayApiError, AlipayError, GatewayUnavailable, OutcomeUnknown, ResponseError, ResponseMismatch
 from .legacy import LegacyConfig
 from .openapi import PAID_STATUSES, OpenApiConfig, OpenApiProtocol
-from .outbound import USER_AGENT
+from .outbound import USER_AGENT, Transport, TransportError
 from .response import GatewayResponse, verify_response
 from .wire import format_amount, parse_amount, parse_cst
 
@@ -82,7 +81,6 @@ SYSTEM_ERROR = "ACQ.SYSTEM_ERROR"
 REFUND_SUCCESS = "REFUND_SUCCESS"
 
 _ID = re.compile(r"[\x21-\x7e]{1,64}")
-_CHUNK = 64 * 1024
 
 
 # -- results -----------------------------------------------------------------------------------------------
@@ -167,22 +165,7 @@ class CloseResult:
     raw: dict[str, Any] = field(repr=False)
 
 
-# -- transport -------------------------------------------------------------------------------------------
-
-
-class _TransportError(Exception):
-    """One attempt failed below the Alipay protocol. ``sent`` says the request may have reached Alipay."""
-
-    def __init__(self, reason: str, detail: str, *, sent: bool, retryable: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.sent = sent
-        self.retryable = retryable
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:200]
+# -- what every gateway client shares ---------------------------------------------------------------------
 
 
 class _Call:
@@ -191,9 +174,6 @@ class _Call:
     def __init__(self) -> None:
         self.outcome = "error"
         self.attempts = 0
-
-
-# -- what every gateway client shares ---------------------------------------------------------------------
 
 
 def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
@@ -205,15 +185,17 @@ def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
 
 
 class _GatewayClient:
-    """Settings, one HTTP exchange within ``timeout``, the retry loop and the log line, shared by
-    :class:`AlipayClient` and the legacy service's :class:`~alipay_middleware.legacy_client.LegacyClient`."""
+    """Settings, the transport (one HTTP exchange within ``timeout``, through the config's ``proxy``), the
+    retry loop and the log line, shared by :class:`AlipayClient` and the legacy service's
+    :class:`~alipay_middleware.legacy_client.LegacyClient`."""
 
     timeout: float
     retries: int
     backoff: float
     max_response: int
 
-    def _setup(self, gateway: str, timeout: float, retries: int, backoff: float, max_response: int) -> None:
+    def _setup(self, gateway: str, timeout: float, retries: int, backoff: float, max_response: int,
+               proxy: str | None) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
             raise ValueError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
@@ -228,15 +210,8 @@ class _GatewayClient:
         self.retries = retries
         self.backoff = float(backoff)
         self.max_response = max_response
-        parts = urlsplit(gateway)
-        if parts.hostname is None:  # pragma: no cover - check_gateway has seen to it
-            raise ValueError("gateway has no host")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = parts.path or "/"
-        self._query = parts.query
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._transport = Transport(gateway, timeout=self.timeout, max_response=max_response, proxy=proxy)
+        self._host = self._transport.host
 
     @property
     def _ident(self) -> str:
@@ -283,7 +258,7 @@ class _GatewayClient:
             call.attempts = number
             try:
                 return attempt()
-            except _TransportError as exc:
+            except TransportError as exc:
                 if exc.sent and unknown is not None:
                     raise unknown(exc.reason, exc.detail) from None
                 sent_any = sent_any or exc.sent
@@ -297,54 +272,8 @@ class _GatewayClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(self, verb: str, target: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
-        """One request within ``timeout``: the 200 answer's body, or a :class:`_TransportError`."""
-        deadline = time.monotonic() + self.timeout
-        connection: http.client.HTTPConnection
-        if self._ssl is not None:
-            connection = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        response: http.client.HTTPResponse | None = None
-        try:
-            try:
-                connection.connect()
-            except OSError as exc:  # refused, unreachable, DNS, TLS handshake, connect timeout
-                reason = "timeout" if isinstance(exc, TimeoutError) else "connect_failed"
-                raise _TransportError(reason, _describe(exc), sent=False) from None
-            sock = connection.sock
-            if not isinstance(sock, socket.socket):  # pragma: no cover - connect() sets it or raises
-                raise _TransportError("connect_failed", "no socket", sent=False)
-            # From here on Alipay may have the request: any failure leaves the outcome unknown.
-            try:
-                _remaining(sock, deadline)
-                connection.request(verb, target, body, dict(headers))
-                _remaining(sock, deadline)
-                response = connection.getresponse()
-                if response.status != 200:
-                    raise _TransportError("http_error", f"gateway answered HTTP {response.status}", sent=True,
-                                          retryable=500 <= response.status <= 599)
-                data = bytearray()
-                while not response.isclosed():  # read() closes it (and the socket) at the body's end
-                    _remaining(sock, deadline)
-                    chunk = response.read(min(_CHUNK, self.max_response + 1 - len(data)))
-                    if not chunk:
-                        break
-                    data += chunk
-                    if len(data) > self.max_response:
-                        limit = self.max_response
-                        raise ResponseError("malformed_response", f"the answer is longer than {limit} bytes")
-                if response.length:  # read(amt) returns b"" at an early end instead of raising IncompleteRead
-                    raise _TransportError("connection_lost", f"the body ended {response.length} bytes early",
-                                          sent=True)
-                return bytes(data)
-            except TimeoutError as exc:
-                raise _TransportError("timeout", _describe(exc), sent=True) from None
-            except (OSError, http.client.HTTPException) as exc:  # reset, closed early, truncated body
-                raise _TransportError("connection_lost", _describe(exc), sent=True) from None
-        finally:
-            if response is not None:
-                response.close()
-            connection.close()
+        """One request within ``timeout``: the 200 answer's body, or a :class:`TransportError`."""
+        return self._transport.request(verb, target, body, headers)
 
 
 # -- the client ------------------------------------------------------------------------------------------
@@ -378,11 +307,11 @@ class AlipayClient(_GatewayClient):
                 "(single_trade_query, refund_fastpay_by_platform_pwd) are not implemented by this client: "
                 "for a LegacyConfig use LegacyClient (alipay.client picks it)"
             )
-        self._setup(config.gateway, timeout, retries, backoff, max_response)
+        self._setup(config.gateway, timeout, retries, backoff, max_response, config.proxy)
         self.config = config
         self.protocol = protocol
         # charset in the URL too (as gateway_form does), so the gateway decodes the form body as UTF-8.
-        self._target = self._path + "?" + (f"{self._query}&" if self._query else "") + "charset=utf-8"
+        self._target = self._transport.target("charset=utf-8")
 
     def __repr__(self) -> str:
         return f"<AlipayClient {self.config.app_id} {self._host}>"
@@ -563,19 +492,12 @@ class AlipayClient(_GatewayClient):
         return response
 
     def _post(self, body: bytes) -> bytes:
-        """One POST within ``timeout``: the 200 answer's body, or a :class:`_TransportError`."""
+        """One POST within ``timeout``: the 200 answer's body, or a :class:`TransportError`."""
         return self._send("POST", self._target, body, {
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         })
-
-
-def _remaining(sock: socket.socket, deadline: float) -> None:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("timed out")
-    sock.settimeout(left)
 
 
 # -- request and response fields -------------------------------------------------------------------------

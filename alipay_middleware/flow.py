@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import AlipayError, GatewayUnavailable, HookFailed, LedgerUnavailable, Rejection
 from .events import CLOSED, PAID, PaymentEvent, ReturnResult
 from .ledger.base import ALREADY_DONE, BUSY, StoredEvent
-from .outbound import http_get
+from .outbound import notify_verify
 
 if TYPE_CHECKING:
     from .core import Alipay
@@ -217,7 +217,7 @@ def _check_origin(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool)
     if url is None:
         return
     try:
-        answer = yield Call(http_get, (url, protocol.origin_timeout))
+        answer = yield Call(notify_verify, (url, protocol.origin_timeout, alipay.config.proxy))
     except GatewayUnavailable as exc:
         raise Rejection("origin_unreachable", 503, str(exc)) from None
     protocol.check_origin(answer)

@@ -28,6 +28,7 @@ from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .keys import load_private_key, load_public_key, same_key
 from .openapi import check_gateway
+from .outbound import parse_proxy
 from .protocol import Protocol, amount_field, verify_signed_fields
 from .signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
 from .wire import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
@@ -73,6 +74,9 @@ class LegacyConfig:
     """A legacy merchant: partner id and MD5 key, or partner id and an RSA key pair.
 
     Keys are parsed (and cross-checked) when this object is built; key text never appears in its repr.
+    ``proxy``: ``"http://[user:password@]host:port"`` to send every call to Alipay (``notify_verify``,
+    ``single_trade_query``) through an HTTP proxy's CONNECT tunnel; None (the default) connects directly,
+    and environment proxy variables are never used. See :mod:`alipay_middleware.outbound`.
     """
 
     partner: str
@@ -89,6 +93,7 @@ class LegacyConfig:
     return_url: str | None = None
     coupon_policy: str = "strict"
     verify_timeout: float = 10.0
+    proxy: str | None = field(default=None, repr=False)  # may hold a password: never shown
     _signer: Signer = field(init=False, repr=False, compare=False)
     _verifier: Verifier = field(init=False, repr=False, compare=False)
 
@@ -106,6 +111,7 @@ class LegacyConfig:
         ):
             raise ValueError("seller_email must be the seller's Alipay account as a str, without surrounding spaces")
         check_gateway(self.gateway)
+        parse_proxy(self.proxy)
         if not isinstance(self.verify_notify_id, bool):
             raise TypeError("verify_notify_id must be True or False")
         if not isinstance(self.input_charset, str):
@@ -214,10 +220,15 @@ class LegacyProtocol(Protocol):
         return f"{gateway}{separator}service=notify_verify&partner={self.config.partner}&notify_id={notify_id}"
 
     def check_origin(self, answer: bytes) -> None:
-        if answer == b"true":
+        # The verdict is one lowercase word. Surrounding ASCII whitespace (a trailing CRLF) is forgiven, as
+        # Alipay's own demos forgive it (the Java demo reads one line with readLine); nothing else is:
+        # "<html>true</html>", "truex", "untrue" and "TRUE" are not what Alipay answers, though the PHP
+        # demo's preg_match("/true$/i") would take them.
+        verdict = answer.strip()  # bytes.strip(): ASCII whitespace only
+        if verdict == b"true":
             return
-        if answer in (b"false", b"invalid"):
-            raise Rejection("origin_refused", 400, f"notify_verify answered {answer.decode()}")
+        if verdict in (b"false", b"invalid"):
+            raise Rejection("origin_refused", 400, f"notify_verify answered {verdict.decode()}")
         # An error page, a proxy's banner: not a verdict. 503, so that Alipay asks again later.
         raise Rejection("origin_unclear", 503, f"notify_verify answered {answer[:40]!r}")
 

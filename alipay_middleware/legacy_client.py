@@ -213,7 +213,7 @@ class LegacyClient(_GatewayClient):
         if not isinstance(config, LegacyConfig) or not isinstance(protocol, LegacyProtocol):
             raise TypeError(f"LegacyClient speaks the legacy mapi gateway (partner id + MD5/RSA); it does not "
                             f"support {type(config).__name__}. For an OpenApiConfig use AlipayClient")
-        self._setup(config.gateway, timeout, retries, backoff, max_response)
+        self._setup(config.gateway, timeout, retries, backoff, max_response, config.proxy)
         self.config = config
         self.protocol = protocol
 
@@ -258,7 +258,7 @@ class LegacyClient(_GatewayClient):
     def _get(self, biz: Mapping[str, str], charset: str) -> bytes:
         params = self.protocol.signed_params(SINGLE_TRADE_QUERY, biz, charset)
         query = urlencode(params, quote_via=quote_plus, encoding=charset)
-        target = self._path + "?" + (f"{self._query}&" if self._query else "") + query
+        target = self._transport.target(query)
         return self._send("GET", target, None, {"Accept": "text/xml", "User-Agent": USER_AGENT})
 
     @staticmethod

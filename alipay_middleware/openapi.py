@@ -28,6 +28,7 @@ from .certs import load_certificate_mode
 from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, render_form
 from .keys import load_private_key, load_public_key, same_key
+from .outbound import parse_proxy
 from .protocol import Protocol, amount_field, verify_signed_fields
 from .signing import RsaSigner, RsaVerifier, sign_string
 from .wire import cst_timestamp, format_amount, parse_cst
@@ -66,6 +67,10 @@ class OpenApiConfig:
     ``alipay_root_cert`` (the text of appCertPublicKey_<app_id>.crt, alipayCertPublicKey_RSA2.crt and
     alipayRootCert.crt); Alipay's key then comes from ``alipay_cert``, and ``app_cert_sn``,
     ``alipay_cert_sn`` and ``alipay_root_cert_sn`` are set (they are None in key mode).
+
+    ``proxy``: ``"http://[user:password@]host:port"`` to send every call to Alipay (query, refund, close)
+    through an HTTP proxy's CONNECT tunnel; None (the default) connects directly, and environment proxy
+    variables are never used. See :mod:`alipay_middleware.outbound`.
     """
 
     app_id: str
@@ -79,6 +84,7 @@ class OpenApiConfig:
     app_cert: str | None = field(default=None, repr=False)
     alipay_cert: str | None = field(default=None, repr=False)
     alipay_root_cert: str | None = field(default=None, repr=False)
+    proxy: str | None = field(default=None, repr=False)  # may hold a password: never shown
     app_cert_sn: str | None = field(init=False, default=None, compare=False)
     alipay_cert_sn: str | None = field(init=False, default=None, compare=False)
     alipay_root_cert_sn: str | None = field(init=False, default=None, compare=False)
@@ -93,6 +99,7 @@ class OpenApiConfig:
         if self.sign_type not in ("RSA2", "RSA"):
             raise ValueError(f"sign_type must be 'RSA2' (recommended) or 'RSA', got {self.sign_type!r}")
         check_gateway(self.gateway)
+        parse_proxy(self.proxy)
         if self.seller_id is not None and not re.fullmatch(r"2088[0-9]{12}", self.seller_id):
             raise ValueError(f"seller_id must be the 16-digit 2088... partner id, got {self.seller_id!r}")
         if self.notify_url is not None:

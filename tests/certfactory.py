@@ -2,7 +2,8 @@
 
 Built with pycryptodome's DER encoder only (RFC 5280 section 4.1): version 3, serial, signature algorithm,
 issuer, validity, subject, subjectPublicKeyInfo and, for CAs, a critical basicConstraints CA:TRUE (which
-OpenSSL requires of an intermediate). Signatures are real: PKCS#1 v1.5 with SHA-256 (or SHA-1) for RSA
+OpenSSL requires of an intermediate); for a TLS server, subjectAltName (``san``: DNS names and IP
+addresses, which is what hostname checks read). Signatures are real: PKCS#1 v1.5 with SHA-256 (or SHA-1) for RSA
 issuers, ECDSA with SHA-256 for EC issuers; ``openssl verify`` accepts the chains (see test_cert_mode.py).
 A certificate can also be given an unknown signature algorithm with junk signature bytes, as a stand-in
 for the exotic entries of Alipay's root bundle.
@@ -11,6 +12,7 @@ for the exotic entries of Alipay's root bundle.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import textwrap
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 _ATTRIBUTE_OIDS = {"C": "2.5.4.6", "O": "2.5.4.10", "OU": "2.5.4.11", "CN": "2.5.4.3"}
 _DER_TRUE = b"\x01\x01\xff"  # BOOLEAN TRUE, encoded by hand (DerBoolean is missing from older pycryptodome)
 _BASIC_CONSTRAINTS = "2.5.29.19"
+_SUBJECT_ALT_NAME = "2.5.29.17"
 
 
 def dn(*attributes: tuple[str, str]) -> bytes:
@@ -64,8 +67,16 @@ class Issued:
         return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
 
 
+def _general_name(name: str) -> bytes:
+    """A GeneralName: iPAddress [7] for an address, dNSName [2] otherwise (both IMPLICIT)."""
+    try:
+        return DerObject(0x04, ipaddress.ip_address(name).packed, implicit=7).encode()  # OCTET STRING
+    except ValueError:
+        return DerObject(0x16, name.encode("ascii"), implicit=2).encode()  # IA5String
+
+
 def issue(subject: bytes, serial: int, key: Key, *, issuer: Issued | None = None, ca: bool = False,
-          signature_oid: str | None = None) -> Issued:
+          signature_oid: str | None = None, san: tuple[str, ...] = ()) -> Issued:
     """A certificate for ``key``'s public half, signed by ``issuer`` (self-signed when None).
 
     ``signature_oid`` forces the signature algorithm: SHA1_RSA for an RSA issuer gives a real SHA-1
@@ -86,10 +97,16 @@ def issue(subject: bytes, serial: int, key: Key, *, issuer: Issued | None = None
         subject,
         key.public_key().export_key(format="DER"),
     ]
+    extensions = []
     if ca:
         constraints = DerSequence([_DER_TRUE]).encode()
-        extension = DerSequence([DerObjectId(_BASIC_CONSTRAINTS), _DER_TRUE, DerOctetString(constraints)]).encode()
-        fields.append(DerSequence([extension], explicit=3).encode())  # [3] EXPLICIT extensions
+        basic = DerSequence([DerObjectId(_BASIC_CONSTRAINTS), _DER_TRUE, DerOctetString(constraints)])
+        extensions.append(basic.encode())
+    if san:
+        names = DerSequence([_general_name(name) for name in san]).encode()
+        extensions.append(DerSequence([DerObjectId(_SUBJECT_ALT_NAME), DerOctetString(names)]).encode())
+    if extensions:
+        fields.append(DerSequence(extensions, explicit=3).encode())  # [3] EXPLICIT extensions
     tbs = DerSequence(fields).encode()
     signature = _sign(signer, oid, tbs)
     return Issued(DerSequence([tbs, algorithm, DerBitString(signature)]).encode(), key, subject)

@@ -413,7 +413,7 @@ def test_notify_verify_vector_cases(make_legacy, gateway_stub):
     import json
 
     from alipay_middleware.errors import Rejection
-    from alipay_middleware.outbound import http_get
+    from alipay_middleware.outbound import notify_verify
     from conftest import VECTORS
 
     vector = next(v for v in json.loads((VECTORS / "legacy-md5-vectors.json").read_text())["vectors"]
@@ -426,7 +426,7 @@ def test_notify_verify_vector_cases(make_legacy, gateway_stub):
             protocol.verify_notify(fields, "utf-8")
             url = protocol.origin_url(fields, on_return=False)
             assert url == f"{gateway_stub.url}?service=notify_verify&partner={PARTNER}&notify_id=1234"
-            protocol.check_origin(http_get(url, 1.0))
+            protocol.check_origin(notify_verify(url, 1.0))
         except Rejection:
             verified = False
         else:
