@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
 from .finish import PendingFinishes
-from .flow import Confirmation, Flow, Steps, confirm_flow, notify_flow, return_flow
+from .flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
 from .helper import check_allowed_hosts, check_base_url
 from .ledger import Ledger, open_ledger
 
@@ -55,6 +55,11 @@ class Alipay:
     ``confirm_returns``: Open Platform only. On a verified return for a trade not yet known paid, ask
     Alipay (``alipay.trade.query``); a paid answer runs ``on_paid`` through the same ledger and dedupe as
     the notify, so the page can say "paid" at once and the hook still runs once.
+    ``return_checks``: how many calls to Alipay for browser returns (the legacy origin check, the
+    ``confirm_returns`` query) may be in flight at once in this process; a return arriving when all are
+    taken is not made to wait: its page gets a result with ``confirmed=False``. Below ``hook_threads``,
+    so that on the ASGI front, where returns and notifications share that pool, returns can never take
+    every thread. Default: ``min(4, hook_threads - 1)``.
     ``allowed_hosts``: the host names (case-insensitive; ``.shop.example`` is that name and every name
     under it) whose Host header may be used to derive ``notify_url``/``return_url`` when the config has
     none. Loopback is always allowed; any other Host makes the pay helper raise ``UntrustedHost``.
@@ -72,6 +77,7 @@ class Alipay:
         hook_threads: int = 8,
         trusted_proxies: int = 0,
         confirm_returns: bool = False,
+        return_checks: int | None = None,
         allowed_hosts: Sequence[str] | None = None,
     ) -> None:
         protocol_factory = getattr(config, "protocol", None)
@@ -92,12 +98,27 @@ class Alipay:
             raise ValueError(f"trusted_proxies must be the number of proxy hops (0-16), got {trusted_proxies!r}")
         if not isinstance(confirm_returns, bool):
             raise TypeError("confirm_returns must be True or False")
+        if return_checks is None:
+            return_checks = min(4, hook_threads - 1)
+        elif isinstance(return_checks, bool) or not isinstance(return_checks, int) \
+                or not 0 <= return_checks < hook_threads:
+            raise ValueError(f"return_checks must be an int from 0 to hook_threads - 1 ({hook_threads - 1}), got "
+                             f"{return_checks!r}: on ASGI returns share the hook_threads pool with notifications "
+                             "and must leave them a thread; raise hook_threads or lower return_checks")
+        if confirm_returns and return_checks == 0:
+            raise ValueError("confirm_returns needs return_checks >= 1 (and hook_threads >= 2): with 0 no return "
+                             "is ever confirmed")
         self.config = config
         self.protocol = protocol_factory()
         if confirm_returns and not _is_open_platform(self.protocol):
             raise ValueError("confirm_returns is for the Open Platform: a legacy return carries its trade "
                              "status and already runs on_paid when it says paid")
         self.confirm_returns = confirm_returns
+        self.return_checks = return_checks
+        # Per process: the bound on returns' calls to Alipay, and the origin checks Alipay has confirmed.
+        self.return_gate = threading.BoundedSemaphore(return_checks)
+        self.verified_returns = VerifiedIds(VerifiedIds.RETURN_LIFE)
+        self.verified_notifications = VerifiedIds(VerifiedIds.NOTIFY_LIFE)
         self.notify_path = notify_path
         self.return_path = return_path
         self.max_body = max_body
@@ -113,6 +134,9 @@ class Alipay:
         self._started = False
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        if return_checks == 0 and getattr(config, "verify_notify_id", False) is True:
+            log.warning("alipay: return_checks=0 (hook_threads=%d): browser returns are never origin-checked; "
+                        "their pages get confirmed=False unless the ledger already has the payment", hook_threads)
         if getattr(config, "verify_notify_id", True) is False:
             log.warning("alipay: verify_notify_id=False: callbacks are NOT origin-checked with Alipay "
                         "(notify_verify); a leaked key or a replayed message would be accepted. "

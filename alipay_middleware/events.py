@@ -47,7 +47,13 @@ class ReturnResult:
     It proves the customer came back from Alipay's page for this order. ``paid`` says what the return
     itself proves: ``None`` for the Open Platform, whose return carries no trade status (paid-ness comes
     from the notify); ``True``/``False`` for the legacy service, whose origin-checked return does carry
-    one (and a paid one has already been handed to ``on_paid``, see the README's hook contract).
+    one (and a paid one has already been handed to ``on_paid``, see the README's hook contract). A legacy
+    return (or one confirmed with ``confirm_returns``) is ``paid=True`` when the ledger has the payment.
+
+    ``confirmed`` is ``False`` for "not confirmed yet": the signature verified, but the call to Alipay
+    that would confirm the return (the legacy origin check, the ``confirm_returns`` query) was not made
+    because ``Alipay(return_checks=N)`` such calls were already in flight. Then ``paid`` is ``None`` and
+    no hook ran: show "confirming" and let ``on_paid`` (or a reload) settle it.
     """
 
     out_trade_no: str
@@ -59,3 +65,4 @@ class ReturnResult:
     raw: dict[str, str] = field(repr=False)
     trade_status: str = ""
     paid: bool | None = None
+    confirmed: bool = True

@@ -7,14 +7,20 @@ it synchronously, the ASGI front with ``await`` and a thread pool; the order of 
 answer live only here.
 
 Order: parse and verify (cheap rejections, no writes) -> origin check where the protocol has one
-(the legacy ``notify_verify`` call; unreachable -> 503) -> recipient check (recorded) -> claim in the
-ledger (recorded before anything else happens; done -> ``success``, leased -> 503) -> order and
-amount check -> hook -> mark done -> ``success``.
+(the legacy ``notify_verify`` call; unreachable -> 503; a resend of an event the ledger has done is
+answered ``success`` before it, and a message Alipay confirmed is not asked about again within its
+id's life) -> recipient check (recorded) -> claim in the ledger (recorded before anything else happens;
+done -> ``success``, leased -> 503) -> order and amount check -> hook -> mark done -> ``success``.
 
 ``return_flow`` verifies the browser's return the same way and, when the return itself proves a
 payment (the legacy service), hands it to the very same claim-check-hook steps: whichever of return
 and notify comes first runs ``on_paid``, the other finds it done (or busy) in the ledger. So does
 ``replay_flow``, the operator's ``replay``, for an event already in the ledger.
+
+A buyer's signed return URL never expires and anyone holding it can replay it, so a return asks the
+ledger before Alipay, and its calls to Alipay (origin check, ``confirm_returns`` query) take one of
+``Alipay(return_checks=N)`` slots, never waiting for one: when all are taken the page is told "not
+confirmed yet" (``ReturnResult.confirmed`` False). Notifications' origin checks are not bounded by it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import functools
 import json
 import logging
 import math
+import threading
+import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +64,8 @@ SUCCESS = Answer(200, "ok", b"success")
 DUPLICATE = Answer(200, "already_done", b"success")  # the same bytes on the wire; replay tells them apart
 TOO_LARGE = Answer(413, "body_too_large")
 INTERNAL_ERROR = Answer(500, "internal_error")
+#: Why a return was not confirmed: every ``return_checks`` slot was taken.
+CHECKS_FULL = "return_checks_full"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,13 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         fields, charset = protocol.parse(raw, content_type)
         protocol.verify_notify(fields, charset)
         event = protocol.event(fields)
-        yield from _check_origin(alipay, fields, on_return=False)
+        if protocol.origin_url(fields, on_return=False) is not None and protocol.recipient_problem(fields) is None:
+            # A resend of an event already done needs no word from Alipay: the ledger answers it, so
+            # replaying a done notification sends no call to Alipay under the merchant's partner id.
+            if (yield from _known_done(ledger, event.key)):
+                log.info("alipay notify duplicate reason=already_done key=%s", event.key)
+                return DUPLICATE
+        yield from _origin_checked(alipay, fields, on_return=False)
     except Rejection as rejection:
         # A signed message that Alipay disowns, or an origin check that cannot be made, is worth a look.
         level = logging.WARNING if rejection.reason.startswith("origin") else logging.INFO
@@ -111,6 +128,86 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         return Answer(400, problem)
     answer = yield from _process(alipay, event, raw, charset, "notify")
     return answer
+
+
+class VerifiedIds:
+    """Origin checks Alipay confirmed, remembered for the life of their ``notify_id`` (per process).
+
+    Keyed by the message's ``notify_id`` *and* its signature: only a replay of the very message Alipay
+    vouched for is answered from memory, never another message carrying the same id. Every entry has the
+    same life, so the oldest is the first to expire: each call is O(1) (amortised), thread-safe, and at
+    most ``capacity`` entries are kept (the oldest go first; forgetting one only costs a call to Alipay).
+    """
+
+    #: A return's ``notify_id`` lives about a minute at Alipay: remembered no longer, so a replay after
+    #: that is asked again, and Alipay refuses it as it always did.
+    RETURN_LIFE = 60.0
+    #: Alipay answers ``true`` for a notification's id until it reads ``success``; a notification answered
+    #: ``success`` is done in the ledger, which answers its resends before this memory is asked. An hour
+    #: covers the resends of a notification whose hook failed (about 4, 10, 10 and 60 minutes apart).
+    NOTIFY_LIFE = 3600.0
+    CAPACITY = 4096
+
+    def __init__(self, life: float, capacity: int = CAPACITY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.life = life
+        self.capacity = capacity
+        self.clock = clock
+        self._expiry: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def recall(self, key: tuple[str, str]) -> bool:
+        now = self.clock()
+        with self._lock:
+            self._forget_expired(now)
+            return key in self._expiry
+
+    def remember(self, key: tuple[str, str]) -> None:
+        now = self.clock()
+        with self._lock:
+            self._expiry[key] = now + self.life
+            self._expiry.move_to_end(key)
+            self._forget_expired(now)
+            while len(self._expiry) > self.capacity:
+                self._expiry.popitem(last=False)
+
+    def _forget_expired(self, now: float) -> None:
+        expiry = self._expiry
+        while expiry and next(iter(expiry.values())) <= now:
+            expiry.popitem(last=False)
+
+
+def _known_done(ledger: Any, key: str) -> Steps[bool]:
+    """Whether the ledger has ``key`` done; False when it cannot say (the steps after it answer an outage)."""
+    try:
+        done = yield Call(ledger.is_done, (key,))
+    except LedgerUnavailable:
+        return False
+    return bool(done)
+
+
+def _origin_checked(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool) -> Steps[bool]:
+    """The origin check (if the protocol has one), asked of Alipay at most once per message within its
+    id's life; for a return, only in one of ``return_checks`` free slots. False when a return found none
+    free: its check was not made and the return is not confirmed. Rejections pass through."""
+    if alipay.protocol.origin_url(fields, on_return=on_return) is None:
+        return True
+    memory = alipay.verified_returns if on_return else alipay.verified_notifications
+    key = (fields.get("notify_id", ""), fields.get("sign", ""))
+    if memory.recall(key):
+        return True
+    gate = alipay.return_gate if on_return else None
+    if gate is not None and not gate.acquire(blocking=False):
+        return False
+    try:
+        yield from _check_origin(alipay, fields, on_return=on_return)
+    finally:
+        if gate is not None:
+            gate.release()
+    memory.remember(key)
+    return True
 
 
 def _check_origin(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool) -> Steps[None]:
@@ -276,8 +373,9 @@ class Confirmation:
     ``paid``: True when Alipay says paid (or the ledger already has the payment), False when it says
     not paid, None when it could not be asked. ``outcome``: ``already_paid`` (known, not asked),
     ``processed`` (the hook ran now), ``already_done``, ``in_progress`` (another worker holds the
-    trade), ``not_paid``, ``error`` (Alipay could not be asked or answered an error), or the notify
-    path's reason for a refusal or failure (``amount_mismatch``, ``hook_failed``, ...).
+    trade), ``not_paid``, ``error`` (Alipay could not be asked or answered an error),
+    ``return_checks_full`` (a return's confirmation found every ``return_checks`` slot taken: not
+    asked), or the notify path's reason for a refusal or failure (``amount_mismatch``, ``hook_failed``, ...).
     """
 
     out_trade_no: str
@@ -286,14 +384,25 @@ class Confirmation:
     outcome: str
 
 
-def confirm_flow(alipay: Alipay, out_trade_no: str, source: str) -> Steps[Confirmation]:
+def confirm_flow(alipay: Alipay, out_trade_no: str, source: str,
+                 gate: threading.Semaphore | None = None) -> Steps[Confirmation]:
     """Query the trade and feed what the verified answer proves (paid, or closed unpaid) through the
-    notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once."""
+    notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once.
+
+    The ledger is asked first. With ``gate`` (the returns' bound) the query is made only in a free slot,
+    never waiting for one; otherwise the outcome is ``return_checks_full`` and Alipay is not asked."""
     protocol = alipay.protocol
     try:
         if (yield Call(alipay.ledger.is_done, (protocol.key(PAID, out_trade_no),))):
             return Confirmation(out_trade_no, None, True, "already_paid")
-        query = yield Call(functools.partial(alipay.client.query, out_trade_no=out_trade_no), ())
+        if gate is not None and not gate.acquire(blocking=False):
+            log.info("alipay %s not confirmed reason=%s out_trade_no=%s", source, CHECKS_FULL, out_trade_no)
+            return Confirmation(out_trade_no, None, None, CHECKS_FULL)
+        try:
+            query = yield Call(functools.partial(alipay.client.query, out_trade_no=out_trade_no), ())
+        finally:
+            if gate is not None:
+                gate.release()
     except AlipayError as exc:
         log.warning("alipay %s error out_trade_no=%s error=%s: %s", source, out_trade_no, type(exc).__name__, exc)
         return Confirmation(out_trade_no, None, None, "error")
@@ -315,6 +424,10 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
     ``Alipay(confirm_returns=True)`` an Open Platform return asks Alipay (``confirm_flow``) instead. Their outcome
     does not change what the page gets: a hook that fails or is busy elsewhere is retried by the
     notify, which Alipay keeps sending until it gets ``success``.
+
+    Before asking Alipay anything, the ledger: a legacy return of a trade whose payment is done there
+    gets ``paid=True`` with no origin check. A return whose call to Alipay finds no free
+    ``return_checks`` slot gets ``confirmed=False`` and ``paid=None`` at once, and runs no hook.
     """
     if method not in ("GET", "HEAD"):
         return None
@@ -325,9 +438,16 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
         problem = protocol.recipient_problem(fields)
         if problem is not None:
             raise Rejection(problem)
-        yield from _check_origin(alipay, fields, on_return=True)
         result: ReturnResult = protocol.return_result(fields)
         event = protocol.return_event(fields)
+        if protocol.origin_url(fields, on_return=True) is not None:
+            # The return URL never expires: a reload or a stranger's replay of a trade already paid is
+            # answered from the ledger, and costs neither a thread waiting on Alipay nor a call to it.
+            if result.out_trade_no and (yield from _known_done(alipay.ledger, protocol.key(PAID, result.out_trade_no))):
+                return replace(result, paid=True)
+            if not (yield from _origin_checked(alipay, fields, on_return=True)):
+                log.info("alipay return not confirmed reason=%s out_trade_no=%s", CHECKS_FULL, result.out_trade_no)
+                return replace(result, paid=None, confirmed=False)
     except Rejection as rejection:
         log.info("alipay return not verified reason=%s%s", rejection.reason,
                  f" detail={rejection.detail}" if rejection.detail else "")
@@ -335,7 +455,10 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
     if event is not None and event.kind == PAID:
         yield from _process(alipay, event, query, charset, "return")
     elif alipay.confirm_returns and result.paid is None and result.out_trade_no:
-        confirmation = yield from confirm_flow(alipay, result.out_trade_no, "confirm")
-        result = replace(result, paid=confirmation.paid,
-                         trade_status=confirmation.trade_status or result.trade_status)
+        confirmation = yield from confirm_flow(alipay, result.out_trade_no, "confirm", alipay.return_gate)
+        if confirmation.outcome == CHECKS_FULL:
+            result = replace(result, confirmed=False)
+        else:
+            result = replace(result, paid=confirmation.paid,
+                             trade_status=confirmation.trade_status or result.trade_status)
     return result

@@ -406,8 +406,10 @@ class GatewayStub:
     """A loopback stand-in for the legacy gateway's ``notify_verify``.
 
     Like Alipay, it answers ``true`` only for ids it issued (``issue``), ``false`` otherwise; ``set``
-    makes one id answer something else: ``"invalid"``, ``"garbage"``, ``"http500"`` or ``"hang"``
-    (no answer until the test ends). ``requests`` holds every raw request target, as sent.
+    makes one id answer something else: ``"invalid"``, ``"garbage"``, ``"http500"``, ``"hang"``
+    (no answer until the test ends) or ``"hold"`` (the usual answer, once the test calls ``release()``;
+    ``wait_held(n)`` waits until ``n`` requests have been held). ``requests`` holds every raw request
+    target, as sent; ``count(notify_id)`` counts the requests for one id.
     """
 
     def __init__(self, partner: str = PARTNER) -> None:
@@ -419,6 +421,8 @@ class GatewayStub:
         self.modes: dict[str, str] = {}
         self.requests: list[str] = []
         self.released = threading.Event()
+        self.held = 0
+        self._held_changed = threading.Condition()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
@@ -429,6 +433,12 @@ class GatewayStub:
                 notify_id = query.get("notify_id", [""])[0]
                 ok = query.get("service") == ["notify_verify"] and query.get("partner") == [stub.partner]
                 mode = stub.modes.get(notify_id, "true" if ok and notify_id in stub.issued else "false")
+                if mode == "hold":
+                    with stub._held_changed:
+                        stub.held += 1
+                        stub._held_changed.notify_all()
+                    stub.released.wait(30)
+                    mode = "true" if ok and notify_id in stub.issued else "false"
                 if mode == "hang":
                     stub.released.wait(30)
                     return
@@ -460,6 +470,19 @@ class GatewayStub:
 
     def set(self, notify_id: str, mode: str) -> None:
         self.modes[notify_id] = mode
+
+    def count(self, notify_id: str) -> int:
+        from urllib.parse import parse_qs, urlsplit
+
+        return sum(1 for target in list(self.requests)
+                   if parse_qs(urlsplit(target).query).get("notify_id") == [notify_id])
+
+    def wait_held(self, n: int, timeout: float = 20.0) -> bool:
+        with self._held_changed:
+            return self._held_changed.wait_for(lambda: self.held >= n, timeout)
+
+    def release(self) -> None:
+        self.released.set()
 
     def close(self) -> None:
         self.released.set()
