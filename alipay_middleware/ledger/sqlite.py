@@ -60,6 +60,10 @@ def _early(row: tuple[Any, ...] | None, now: float) -> Claim | None:
     return None
 
 
+class _LeaseLost(Exception):
+    """The event is no longer ``received`` under this owner's lease: roll back, run nothing."""
+
+
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
@@ -289,46 +293,31 @@ class SQLiteLedger(Ledger):
         whole run of ``work``: other writers (claims of other events included) wait up to ``busy_timeout``."""
         if self._memory:
             raise NotImplementedError(self.transactions_unsupported())
-        db = self._connection()
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise LedgerUnavailable(f"sqlite: {exc}") from exc
-        try:
-            row = db.execute(f"SELECT status, lease_owner FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
-            if row is None or row[0] != RECEIVED or row[1] != owner:
-                self._rollback(db)
-                return False
-            guard = TransactionGuard(db)
-            try:
-                work(guard)
-                if not db.in_transaction:  # pragma: no cover - the guard refuses every way we know of
-                    raise RuntimeError("the hook ended the ledger's transaction")
-            except Exception as exc:
-                self._rollback(db)
-                raise HookFailed(f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                guard._end()
-            done = db.execute(
-                f"UPDATE {self.table} SET status = ?, lease_owner = NULL, lease_until = NULL, error = NULL, "
-                "reason = ?, updated_at = ? WHERE dedupe_key = ? AND status = ? AND lease_owner = ?",
-                (DONE, note, time.time(), key, RECEIVED, owner),
-            ).rowcount
-            if done != 1:  # pragma: no cover - the write lock kept the row as it was read above
-                self._rollback(db)
-                return False
-            self._commit(db)
-        except sqlite3.Error as exc:
-            self._rollback(db)
-            raise LedgerUnavailable(f"sqlite: {exc}") from exc
-        except BaseException:
-            self._rollback(db)
-            raise
+            with self._tx() as db:
+                row = db.execute(f"SELECT status, lease_owner FROM {self.table} WHERE dedupe_key = ?",
+                                 (key,)).fetchone()
+                if row is None or row[0] != RECEIVED or row[1] != owner:
+                    raise _LeaseLost
+                guard = TransactionGuard(db)
+                try:
+                    work(guard)
+                    if not db.in_transaction:  # pragma: no cover - the guard refuses every way we know of
+                        raise RuntimeError("the hook ended the ledger's transaction")
+                except Exception as exc:
+                    raise HookFailed(f"{type(exc).__name__}: {exc}") from exc
+                finally:
+                    guard._end()
+                done = db.execute(
+                    f"UPDATE {self.table} SET status = ?, lease_owner = NULL, lease_until = NULL, error = NULL, "
+                    "reason = ?, updated_at = ? WHERE dedupe_key = ? AND status = ? AND lease_owner = ?",
+                    (DONE, note, time.time(), key, RECEIVED, owner),
+                ).rowcount
+                if done != 1:  # pragma: no cover - the write lock kept the row as it was read above
+                    raise _LeaseLost
+        except _LeaseLost:
+            return False
         return True
-
-    @staticmethod
-    def _commit(db: sqlite3.Connection) -> None:
-        db.execute("COMMIT")
 
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
