@@ -513,3 +513,38 @@ def test_processes_racing_copies_run_each_hook_exactly_once(server_kind: str, ba
     else:
         assert_ledger_done(ledger_path, events, attempts=1)
 
+
+
+def _open_new_ledger(path: str, barrier: Any, failures: Any) -> None:
+    from alipay_middleware import SQLiteLedger
+
+    barrier.wait()
+    try:
+        SQLiteLedger(path).close()
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which names it
+        failures.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+@pytest.mark.slow
+def test_workers_opening_a_new_ledger_file_at_the_same_moment_all_start(tmp_path: Path):
+    """Workers starting together on a fresh deploy (gunicorn without --preload) race to switch the new file to
+    WAL; the losers used to fail to start with 'database is locked' (about 1 open in 20 here)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for round_number in range(150):
+        path = str(tmp_path / f"ledger{round_number}.sqlite3")
+        barrier = context.Barrier(4)
+        workers = [context.Process(target=_open_new_ledger, args=(path, barrier, failures)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+    seen = []
+    while not failures.empty():
+        seen.append(failures.get())
+    failures.close()
+    failures.join_thread()
+    assert seen == []

@@ -138,12 +138,32 @@ class SQLiteLedger(Ledger):
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                              check_same_thread=False)
-        if not self._memory:
-            db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        try:
+            if not self._memory:
+                self._wal(db)
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error:
+            db.close()
+            raise
         with self._connections_lock:
             self._connections.append((os.getpid(), db))
         return db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """Switch to WAL, waiting up to ``busy_timeout`` like every other statement. Workers that open a new
+        ledger file at the same moment race to switch it, and the loser's pragma fails with ``database is
+        locked`` at once: SQLite does not call the busy handler there. So retry, with short pauses."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def _connection(self) -> sqlite3.Connection:
         local = self._local
