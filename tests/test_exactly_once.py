@@ -395,7 +395,7 @@ def test_a_transactional_hook_may_use_savepoints(tx_shop, keys):
     assert shop.orders.paid_count("X1") == 1
 
 
-def test_a_hook_that_outlives_its_lease_while_a_copy_arrives(tx_shop, keys, ledger_backend):
+def test_a_hook_that_outlives_its_lease_while_a_copy_arrives(tx_shop, keys, ledger_backend, caplog):
     started, release = threading.Event(), threading.Event()
 
     def hook(event: Any, tx: Any, orders: Orders) -> None:
@@ -415,8 +415,11 @@ def test_a_hook_that_outlives_its_lease_while_a_copy_arrives(tx_shop, keys, ledg
         lease_until = shop.ledger.get(key).lease_until
         wait_for(lambda: time.time() > lease_until.timestamp() + 0.5, "the lease to run out")
         # The copy finds an expired lease, but the hook's transaction holds the event: it cannot retake it.
+        caplog.clear()
         copy = post(shop.client, body)
         assert (copy.status, copy.body) == (503, b"fail")
+        # SQLite: the copy's claim waited busy_timeout for the write lock; PostgreSQL: lock_timeout for the row.
+        assert "reason=ledger_unavailable" in caplog.text
     finally:
         release.set()
         first.join(60)
