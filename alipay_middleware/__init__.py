@@ -13,8 +13,7 @@ See the README for the hook contract, the answers the notify path gives and the 
 
 from typing import TYPE_CHECKING, Any
 
-from .client import AlipayClient, AsyncAlipayClient, CloseResult, RefundQuery, RefundResult, TradeQuery
-from .core import Alipay
+from .alipay import Alipay
 from .errors import (
     AlipayApiError,
     AlipayError,
@@ -28,14 +27,15 @@ from .errors import (
     UntrustedHost,
 )
 from .events import PaymentEvent, ReturnResult
+from .gateway.client import AlipayClient, AsyncAlipayClient, CloseResult, RefundQuery, RefundResult, TradeQuery
+from .gateway.legacy_client import LegacyClient
 from .ledger import Ledger, SQLiteLedger, StoredEvent
-from .legacy import LEGACY_GATEWAY, LegacyConfig
-from .legacy_client import LegacyClient
-from .openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
+from .protocols.legacy import LEGACY_GATEWAY, LegacyConfig
+from .protocols.openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
 
 if TYPE_CHECKING:
-    from .asgi import AlipayASGIMiddleware
-    from .wsgi import AlipayWSGIMiddleware
+    from .fronts.asgi import AlipayASGIMiddleware
+    from .fronts.wsgi import AlipayWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -76,11 +76,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The fronts import werkzeug/asgiref; load them on first use so the core stays free of both.
     if name == "AlipayASGIMiddleware":
-        from .asgi import AlipayASGIMiddleware
+        from .fronts.asgi import AlipayASGIMiddleware
 
         return AlipayASGIMiddleware
     if name == "AlipayWSGIMiddleware":
-        from .wsgi import AlipayWSGIMiddleware
+        from .fronts.wsgi import AlipayWSGIMiddleware
 
         return AlipayWSGIMiddleware
     raise AttributeError(f"module 'alipay_middleware' has no attribute {name!r}")

@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .core import Alipay
-from .drive import run_flow
+from .alipay import Alipay
+from .callbacks.flow import INTERNAL_ERROR, Answer, replay_flow
 from .errors import AlipayError
-from .flow import INTERNAL_ERROR, Answer, replay_flow
+from .fronts.drive import run_flow
 from .ledger import (
     DONE,
     FAILED,

@@ -41,8 +41,8 @@ from Crypto.Signature import pkcs1_15
 from werkzeug.test import EnvironBuilder
 
 from alipay_middleware import Alipay
-from alipay_middleware.openapi import RULE_V1, OpenApiProtocol
-from alipay_middleware.signing import sign_string
+from alipay_middleware.protocols.openapi import RULE_V1, OpenApiProtocol
+from alipay_middleware.wire.signing import sign_string
 
 try:
     from alipay import AliPay

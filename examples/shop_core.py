@@ -46,7 +46,7 @@ from alipay_middleware import (
     OpenApiConfig,
     OutcomeUnknown,
 )
-from alipay_middleware.wire import format_amount
+from alipay_middleware.wire.form import format_amount
 
 log = logging.getLogger("shop")
 

@@ -29,8 +29,8 @@ from Crypto.Signature import pkcs1_15
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import Alipay, OpenApiConfig
-from alipay_middleware.signing import sign_string
 from alipay_middleware.simulator import LegacyMerchant, Merchant, Simulator
+from alipay_middleware.wire.signing import sign_string
 
 VECTORS = Path(__file__).parent / "vectors"
 APP_ID = "2021000000000001"

@@ -40,7 +40,7 @@ from Crypto.Hash import SHA1
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
-from alipay_middleware.signing import sign_string
+from alipay_middleware.wire.signing import sign_string
 from conftest import MD5_KEY, PARTNER
 
 FAULTS = ("not_exist", "is_not_exist", "error", "tampered", "unsigned", "wrong_sign_type", "mismatch", "duplicate",

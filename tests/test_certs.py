@@ -19,7 +19,7 @@ import pytest
 from Crypto.PublicKey import ECC, RSA
 from Crypto.Util.asn1 import DerBitString, DerInteger, DerNull, DerObject, DerObjectId, DerSequence, DerSetOf
 
-from alipay_middleware.certs import cert_sn, escape_dn_value, public_key_from_cert, root_cert_sn
+from alipay_middleware.protocols.certs import cert_sn, escape_dn_value, public_key_from_cert, root_cert_sn
 
 CERTS = Path(__file__).parent / "vectors" / "cert-sn"
 VECTOR = json.loads((CERTS / "vector.json").read_text(encoding="utf-8"))["expected"]
@@ -82,7 +82,8 @@ ANT_ISSUER = name(
 
 
 def test_certs_module_is_pure():
-    code = "import sys, alipay_middleware.certs; print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])"
+    code = ("import sys, alipay_middleware.protocols.certs; "
+            "print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay
+from alipay_middleware.callbacks.flow import Confirmation
 from alipay_middleware.cli import main
-from alipay_middleware.flow import Confirmation
 from conftest import APP_ID, Recorder, WSGIClient, inner_wsgi, notify_fields, signed_body
 
 NOTIFY = "/alipay/notify"

@@ -624,7 +624,8 @@ def test_guard_blocks_the_real_gateway(keys, net_guard):
 
 
 def test_client_module_is_pure():
-    code = "import sys, alipay_middleware.client; print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])"
+    code = ("import sys, alipay_middleware.gateway.client; "
+            "print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

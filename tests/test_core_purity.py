@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE_MODULES = ["core", "flow", "protocol", "openapi", "signing", "keys", "wire", "events", "helper",
-                "errors", "ledger", "ledger.sqlite"]
+CORE_MODULES = ["callbacks.flow", "protocols.base", "protocols.openapi", "wire.signing", "wire.keys", "wire.form",
+                "events", "protocols.helper", "errors", "ledger", "ledger.sqlite"]
 
 
 def test_core_never_imports_werkzeug_or_asgiref():

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay, Ledger
-from alipay_middleware.drive import run_flow
+from alipay_middleware.callbacks.flow import INTERNAL_ERROR, replay_flow
 from alipay_middleware.errors import LedgerUnavailable, TransactionControlRefused
-from alipay_middleware.finish import PendingFinishes
-from alipay_middleware.flow import INTERNAL_ERROR, replay_flow
+from alipay_middleware.fronts.drive import run_flow
 from alipay_middleware.ledger import DONE, FAILED, RECEIVED, SQLiteLedger
 from alipay_middleware.ledger.guard import TransactionGuard, transaction_control
+from alipay_middleware.ledger.pending import PendingFinishes
 from conftest import (
     APP_ID,
     POSTGRES,

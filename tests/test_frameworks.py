@@ -54,8 +54,8 @@ from werkzeug.test import Client as WerkzeugClient
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import PRODUCTION_GATEWAY, Alipay, AlipayASGIMiddleware, ReturnResult
-from alipay_middleware.openapi import OpenApiHelper
-from alipay_middleware.signing import sign_string
+from alipay_middleware.protocols.openapi import OpenApiHelper
+from alipay_middleware.wire.signing import sign_string
 from conftest import (
     APP_ID,
     FORM,

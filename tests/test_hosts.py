@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import Alipay, AlipayError, LegacyConfig, UntrustedHost
-from alipay_middleware.helper import RequestHelper
+from alipay_middleware.protocols.helper import RequestHelper
 from conftest import MD5_KEY, PARTNER, Keys, make_config
 
 NOTIFY, RETURN = "/alipay/notify", "/alipay/return"

@@ -413,7 +413,7 @@ def test_notify_verify_vector_cases(make_legacy, gateway_stub):
     import json
 
     from alipay_middleware.errors import Rejection
-    from alipay_middleware.outbound import notify_verify
+    from alipay_middleware.gateway.transport import notify_verify
     from conftest import VECTORS
 
     vector = next(v for v in json.loads((VECTORS / "legacy-md5-vectors.json").read_text())["vectors"]

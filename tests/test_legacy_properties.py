@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alipay_middleware import Alipay, LegacyConfig
-from alipay_middleware.signing import Md5Signer, sign_string
+from alipay_middleware.wire.signing import Md5Signer, sign_string
 from conftest import (
     MD5_KEY,
     PARTNER,

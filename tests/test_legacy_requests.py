@@ -22,12 +22,12 @@ from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
 from alipay_middleware import Alipay, LegacyConfig
-from alipay_middleware.asgi import asgi_client
-from alipay_middleware.helper import client_address
-from alipay_middleware.keys import load_private_key, load_public_key
-from alipay_middleware.legacy import LEGACY_ALIPAY_PUBLIC_KEY, sign_request
-from alipay_middleware.signing import Md5Signer, RsaSigner, RsaVerifier, sign_string
-from alipay_middleware.wsgi import wsgi_client
+from alipay_middleware.fronts.asgi import asgi_client
+from alipay_middleware.fronts.wsgi import wsgi_client
+from alipay_middleware.protocols.helper import client_address
+from alipay_middleware.protocols.legacy import LEGACY_ALIPAY_PUBLIC_KEY, sign_request
+from alipay_middleware.wire.keys import load_private_key, load_public_key
+from alipay_middleware.wire.signing import Md5Signer, RsaSigner, RsaVerifier, sign_string
 from conftest import MD5_KEY, PARTNER, ASGIClient, GatewayStub, Response, WSGIClient
 
 VECTOR_DIR = Path(__file__).parent / "vectors"

@@ -31,7 +31,7 @@ from Crypto.PublicKey import RSA
 from legacy_gateway import LegacyGateway
 
 from alipay_middleware import AlipayClient, GatewayUnavailable, LegacyClient, LegacyConfig
-from alipay_middleware.outbound import Transport, notify_verify, parse_proxy
+from alipay_middleware.gateway.transport import Transport, notify_verify, parse_proxy
 from certfactory import dn, issue
 from conftest import APP_ID, MD5_KEY, PARTNER, GatewayStub, Keys, Recorder, legacy_body, legacy_fields, make_config
 from openapi_gateway import OpenApiGateway

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 
-from alipay_middleware.signing import RsaVerifier, sign_string
+from alipay_middleware.wire.signing import RsaVerifier, sign_string
 from conftest import APP_ID, SELLER_ID, ASGIClient, WSGIClient, encode_form, sign_fields
 
 # -- inner apps that build pay URLs the way a shop's view would -----------------------------------------------

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alipay_middleware import Alipay, Rejection
-from alipay_middleware.signing import RsaSigner, RsaVerifier, sign_string
-from alipay_middleware.wire import format_amount, parse_amount
+from alipay_middleware.wire.form import format_amount, parse_amount
+from alipay_middleware.wire.signing import RsaSigner, RsaVerifier, sign_string
 from conftest import ASGIClient, WSGIClient, make_config, notify_fields, signed_body
 
 FIELD_NAMES = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z")
@@ -130,7 +130,7 @@ def test_parse_rejections_are_rejections_not_crashes(alipay):
 def test_unescape_equals_the_standard_library(data):
     from urllib.parse import unquote_to_bytes
 
-    from alipay_middleware.wire import _BAD_ESCAPE, unescape
+    from alipay_middleware.wire.form import _BAD_ESCAPE, unescape
 
     if _BAD_ESCAPE.search(data):
         return  # rejected before unescaping

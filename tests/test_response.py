@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alipay_middleware.errors import AlipayError, ResponseError
-from alipay_middleware.keys import load_public_key
-from alipay_middleware.response import (
+from alipay_middleware.wire.keys import load_public_key
+from alipay_middleware.wire.response import (
     GatewayResponse,
     extract_signed,
     response_key,
     verify_response,
 )
-from alipay_middleware.signing import RsaSigner, RsaVerifier
+from alipay_middleware.wire.signing import RsaSigner, RsaVerifier
 
 VECTORS = Path(__file__).parent / "vectors"
 METHOD = "alipay.trade.query"
@@ -66,7 +66,8 @@ def reason_of(raw: str | bytes, verifier: RsaVerifier, method: str = METHOD, **k
 
 
 def test_response_module_is_pure():
-    code = "import sys, alipay_middleware.response; print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])"
+    code = ("import sys, alipay_middleware.wire.response; "
+            "print([m for m in ('werkzeug', 'asgiref') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 

@@ -22,13 +22,13 @@ from Crypto.PublicKey import RSA
 from werkzeug.test import Client
 
 from alipay_middleware import OpenApiConfig
-from alipay_middleware.legacy import LegacyConfig, sign_request
-from alipay_middleware.openapi import pay_biz
-from alipay_middleware.response import verify_response
-from alipay_middleware.signing import Md5Signer, RsaSigner, RsaVerifier, sign_string
+from alipay_middleware.protocols.legacy import LegacyConfig, sign_request
+from alipay_middleware.protocols.openapi import pay_biz
 from alipay_middleware.simulator import LegacyMerchant, Merchant, Simulator
 from alipay_middleware.simulator.__main__ import build_parser, configure
-from alipay_middleware.wire import CST
+from alipay_middleware.wire.form import CST
+from alipay_middleware.wire.response import verify_response
+from alipay_middleware.wire.signing import Md5Signer, RsaSigner, RsaVerifier, sign_string
 from conftest import (
     APP_ID,
     LEGACY_ALIPAY_KEY,

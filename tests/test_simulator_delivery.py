@@ -20,9 +20,9 @@ from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from alipay_middleware import Alipay, AlipayApiError, AlipayClient, LegacyClient, LegacyConfig, OpenApiConfig
-from alipay_middleware.signing import RsaSigner, sign_string
 from alipay_middleware.simulator import FOREIGN_APP_ID, SCHEDULE, Delivery, Faults, LegacyMerchant, Merchant, Simulator
 from alipay_middleware.simulator.notifier import Notification, Notifier, is_loopback_url
+from alipay_middleware.wire.signing import RsaSigner, sign_string
 from conftest import (
     APP_ID,
     LEGACY_ALIPAY_KEY,

@@ -31,9 +31,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from alipay_middleware import Alipay, LegacyConfig
 from alipay_middleware.events import CLOSED, PAID, REFUNDED, PaymentEvent
-from alipay_middleware.signing import RsaSigner, sign_string
 from alipay_middleware.simulator import FOREIGN_APP_ID, FOREIGN_PARTNER, SCHEDULE, Delivery, SimServer, Simulator
-from alipay_middleware.wire import CST
+from alipay_middleware.wire.form import CST
+from alipay_middleware.wire.signing import RsaSigner, sign_string
 from conftest import MD5_KEY, PARTNER, Keys, inner_asgi, inner_wsgi, make_config, make_sim
 
 #: Resend schedules, as fractions of Alipay's 25 hours. TINY: all 8 deliveries within half a second (for

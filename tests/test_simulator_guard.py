@@ -17,7 +17,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from alipay_middleware import AlipayClient, OpenApiConfig
-from alipay_middleware.openapi import pay_biz
+from alipay_middleware.protocols.openapi import pay_biz
 from alipay_middleware.simulator import SimServer, Simulator, guard
 from conftest import APP_ID, SELLER_ID, Keys, make_sim
 

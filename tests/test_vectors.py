@@ -11,9 +11,9 @@ import pytest
 from Crypto.PublicKey import RSA
 
 from alipay_middleware import Alipay, OpenApiConfig, Rejection
-from alipay_middleware.keys import load_private_key, load_public_key
-from alipay_middleware.signing import sign_string
-from alipay_middleware.wire import CST
+from alipay_middleware.wire.form import CST
+from alipay_middleware.wire.keys import load_private_key, load_public_key
+from alipay_middleware.wire.signing import sign_string
 from conftest import VECTORS
 
 REQ = VECTORS / "synthetic-request-sign"
@@ -78,7 +78,7 @@ def test_pay_helper_url_matches_vector_when_urls_are_plain(stranger):
     assert query["notify_url"] == "https://example.com/alipay/notify"
     assert query["biz_content"] == REQUEST_VECTOR["params_before_signing"]["biz_content"]
     public = load_public_key((REQ / "app-public-key.pem").read_text())
-    from alipay_middleware.signing import RsaVerifier
+    from alipay_middleware.wire.signing import RsaVerifier
     unsigned = {k: v for k, v in query.items() if k != "sign"}
     assert RsaVerifier(public, "RSA2").verify(sign_string(unsigned).encode(), query["sign"])
 

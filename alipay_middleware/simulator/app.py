@@ -17,9 +17,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ..errors import Rejection
-from ..keys import load_private_key
-from ..signing import RsaSigner
-from ..wire import CST, normalize_charset, parse_form, sniff_charset
+from ..wire.form import CST, normalize_charset, parse_form, sniff_charset
+from ..wire.keys import load_private_key
+from ..wire.signing import RsaSigner
 from . import guard, legacy, openapi, pages
 from .callbacks import Callbacks
 from .model import (

@@ -15,9 +15,9 @@ from urllib.parse import quote_plus, urlencode
 
 from Crypto.PublicKey import RSA
 
-from ..legacy import sign_request
-from ..openapi import RULE_V1
-from ..signing import RsaSigner, sign_string
+from ..protocols.legacy import sign_request
+from ..protocols.openapi import RULE_V1
+from ..wire.signing import RsaSigner, sign_string
 from . import legacy, openapi
 from .model import OPENAPI, Faults, LegacyMerchant, SimTrade, TradeEvent
 from .notifier import Notification

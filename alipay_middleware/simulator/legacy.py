@@ -17,8 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 from xml.sax.saxutils import escape
 
-from ..legacy import DIRECT_PAY, RULE, WAP_DIRECT_PAY
-from ..signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
+from ..protocols.legacy import DIRECT_PAY, RULE, WAP_DIRECT_PAY
+from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
 from .model import LEGACY, GatewayError, LegacyMerchant, PayRequest, SimTrade, TradeEvent
 from .notifier import is_loopback_url
 from .openapi import cst, fmt, strict_amount

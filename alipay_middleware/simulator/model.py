@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from Crypto.PublicKey import RSA
 
-from ..keys import load_public_key
+from ..wire.keys import load_public_key
 
 OPENAPI = "openapi"
 LEGACY = "legacy"

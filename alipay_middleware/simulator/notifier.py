@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from ..wire import CST
+from ..wire.form import CST
 from .model import Delivery, Faults
 
 log = logging.getLogger("alipay_middleware.simulator")

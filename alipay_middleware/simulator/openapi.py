@@ -20,10 +20,10 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..client import CLOSE, QUERY, REFUND, REFUND_QUERY
-from ..response import ERROR_KEY, response_key
-from ..signing import RsaVerifier, Signer, sign_string
-from ..wire import CST, MAX_AMOUNT, MIN_AMOUNT, TIMESTAMP_FORMAT
+from ..gateway.client import CLOSE, QUERY, REFUND, REFUND_QUERY
+from ..wire.form import CST, MAX_AMOUNT, MIN_AMOUNT, TIMESTAMP_FORMAT
+from ..wire.response import ERROR_KEY, response_key
+from ..wire.signing import RsaVerifier, Signer, sign_string
 from .model import OPENAPI, PAID_STATUSES, GatewayError, Merchant, PayRequest, Refund, SimTrade, TradeEvent
 from .notifier import is_loopback_url
 from .state import Store

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .core import Alipay
+from ..alipay import Alipay
+from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, precheck
+from ..protocols.helper import RequestOrigin
 from .drive import run_flow_in_thread
-from .flow import INTERNAL_ERROR, TOO_LARGE, precheck
-from .helper import RequestOrigin
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

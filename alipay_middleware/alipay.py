@@ -16,19 +16,19 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from .callbacks.flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
-from .finish import PendingFinishes
-from .flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
-from .helper import check_allowed_hosts, check_base_url
 from .ledger import Ledger, open_ledger
+from .ledger.pending import PendingFinishes
+from .protocols.helper import check_allowed_hosts, check_base_url
 
 if TYPE_CHECKING:
-    from .asgi import AlipayASGIMiddleware
-    from .client import AlipayClient, AsyncAlipayClient
-    from .legacy import LegacyConfig
-    from .legacy_client import LegacyClient
-    from .openapi import OpenApiConfig
-    from .wsgi import AlipayWSGIMiddleware
+    from .fronts.asgi import AlipayASGIMiddleware
+    from .fronts.wsgi import AlipayWSGIMiddleware
+    from .gateway.client import AlipayClient, AsyncAlipayClient
+    from .gateway.legacy_client import LegacyClient
+    from .protocols.legacy import LegacyConfig
+    from .protocols.openapi import OpenApiConfig
 
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -242,12 +242,12 @@ class Alipay:
     # -- mounting ----------------------------------------------------------------------------------
 
     def wsgi(self, app: Any) -> AlipayWSGIMiddleware:
-        from .wsgi import AlipayWSGIMiddleware
+        from .fronts.wsgi import AlipayWSGIMiddleware
 
         return AlipayWSGIMiddleware(app, alipay=self)
 
     def asgi(self, app: Any) -> AlipayASGIMiddleware:
-        from .asgi import AlipayASGIMiddleware
+        from .fronts.asgi import AlipayASGIMiddleware
 
         return AlipayASGIMiddleware(app, alipay=self)
 
@@ -295,23 +295,23 @@ class Alipay:
 
     @cached_property
     def client(self) -> AlipayClient | LegacyClient:
-        """Query, refund and close trades (an :class:`~alipay_middleware.client.AlipayClient`, made on
-        first use). For a ``LegacyConfig``: a :class:`~alipay_middleware.legacy_client.LegacyClient`,
+        """Query, refund and close trades (an :class:`~alipay_middleware.gateway.client.AlipayClient`, made on
+        first use). For a ``LegacyConfig``: a :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`,
         which can only ``query`` (``single_trade_query``)."""
-        from .legacy import LegacyConfig
+        from .protocols.legacy import LegacyConfig
 
         if isinstance(self.config, LegacyConfig):
-            from .legacy_client import LegacyClient
+            from .gateway.legacy_client import LegacyClient
 
             return LegacyClient(self)
-        from .client import AlipayClient
+        from .gateway.client import AlipayClient
 
         return AlipayClient(self)
 
     @cached_property
     def aclient(self) -> AsyncAlipayClient:
         """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
-        from .client import AsyncAlipayClient
+        from .gateway.client import AsyncAlipayClient
 
         return AsyncAlipayClient(self)
 
@@ -321,9 +321,9 @@ class Alipay:
 
         For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
-        returns one :class:`~alipay_middleware.flow.Confirmation` per order.
+        returns one :class:`~alipay_middleware.callbacks.flow.Confirmation` per order.
         """
-        from .drive import await_if_needed, run_flow
+        from .fronts.drive import await_if_needed, run_flow
 
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
@@ -349,7 +349,7 @@ class Alipay:
 def _is_open_platform(protocol: object) -> bool:
     # Named, not duck-typed: every protocol can turn a trade query into an event (for reconcile), but legacy returns
     # carry their status, so confirm_returns stays an Open Platform setting.
-    from .openapi import OpenApiProtocol
+    from .protocols.openapi import OpenApiProtocol
 
     return isinstance(protocol, OpenApiProtocol)
 

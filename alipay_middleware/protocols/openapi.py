@@ -24,14 +24,14 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from Crypto.PublicKey import RSA
 
+from ..events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
+from ..gateway.transport import parse_proxy
+from ..wire.form import cst_timestamp, format_amount, parse_cst
+from ..wire.keys import load_private_key, load_public_key, same_key
+from ..wire.signing import RsaSigner, RsaVerifier, sign_string
+from .base import Protocol, amount_field, verify_signed_fields
 from .certs import load_certificate_mode
-from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
 from .helper import RequestHelper, check_callback_url, render_form
-from .keys import load_private_key, load_public_key, same_key
-from .outbound import parse_proxy
-from .protocol import Protocol, amount_field, verify_signed_fields
-from .signing import RsaSigner, RsaVerifier, sign_string
-from .wire import cst_timestamp, format_amount, parse_cst
 
 if TYPE_CHECKING:
     pass
@@ -70,7 +70,7 @@ class OpenApiConfig:
 
     ``proxy``: ``"http://[user:password@]host:port"`` to send every call to Alipay (query, refund, close)
     through an HTTP proxy's CONNECT tunnel; None (the default) connects directly, and environment proxy
-    variables are never used. See :mod:`alipay_middleware.outbound`.
+    variables are never used. See :mod:`alipay_middleware.gateway.transport`.
     """
 
     app_id: str

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, NoReturn
 
-from .errors import ResponseError
+from ..errors import ResponseError
 from .signing import Verifier
 
 __all__ = ["ERROR_KEY", "GatewayResponse", "SignedPart", "extract_signed", "response_key", "verify_response"]
@@ -143,7 +143,7 @@ def verify_response(
 ) -> GatewayResponse:
     """Extract, verify, and only then parse a synchronous gateway response (policy: module docstring).
 
-    ``verifier`` is Alipay's (e.g. :class:`~alipay_middleware.signing.RsaVerifier` over Alipay's public
+    ``verifier`` is Alipay's (e.g. :class:`~alipay_middleware.wire.signing.RsaVerifier` over Alipay's public
     key, with the sign type the request used). ``expected_cert_sn`` is the loaded Alipay certificate's
     serial number in certificate mode. An empty ``sign`` counts as no ``sign``.
     """

@@ -17,7 +17,7 @@ Money safety, up front:
 - ``fund_change=Y`` says this call moved money. ``fund_change=N`` is also what a retry of a refund that
   already happened answers, so it is confirmed with ``refund_query`` (``REFUND_SUCCESS``) and reported
   as ``RefundResult.confirmed``.
-- Every answer goes through :func:`~alipay_middleware.response.verify_response` (the exact signed text,
+- Every answer goes through :func:`~alipay_middleware.wire.response.verify_response` (the exact signed text,
   duplicate keys refused); a tampered answer raises :class:`~alipay_middleware.errors.ResponseError` and
   is never returned as data. A signed answer about another trade or refund request (a replay) raises
   :class:`~alipay_middleware.errors.ResponseMismatch`.
@@ -26,10 +26,10 @@ Money safety, up front:
   5xx. Never on an answer from Alipay (a business error, ``20000``) or on a verification failure.
 
 For a legacy merchant (``LegacyConfig``), ``alipay.client`` is a
-:class:`~alipay_middleware.legacy_client.LegacyClient` instead: ``single_trade_query`` only, on the same
+:class:`~alipay_middleware.gateway.legacy_client.LegacyClient` instead: ``single_trade_query`` only, on the same
 transport, timeout and retry policy.
 
-Every call goes through :class:`~alipay_middleware.outbound.Transport`, the one policy for all calls to
+Every call goes through :class:`~alipay_middleware.gateway.transport.Transport`, the one policy for all calls to
 Alipay: standard library only (``http.client``); environment proxy settings are not used, the config's
 ``proxy`` is (an HTTP ``CONNECT`` tunnel); redirects are errors, never followed. ``timeout`` bounds a
 whole attempt (connect, send, wait, read). One INFO log line per call (method, ``out_trade_no``,
@@ -53,13 +53,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
-from .core import Alipay
-from .errors import AlipayApiError, AlipayError, GatewayUnavailable, OutcomeUnknown, ResponseError, ResponseMismatch
-from .legacy import LegacyConfig
-from .openapi import PAID_STATUSES, OpenApiConfig, OpenApiProtocol
-from .outbound import USER_AGENT, Transport, TransportError
-from .response import GatewayResponse, verify_response
-from .wire import format_amount, parse_amount, parse_cst
+from ..alipay import Alipay
+from ..errors import AlipayApiError, AlipayError, GatewayUnavailable, OutcomeUnknown, ResponseError, ResponseMismatch
+from ..protocols.legacy import LegacyConfig
+from ..protocols.openapi import PAID_STATUSES, OpenApiConfig, OpenApiProtocol
+from ..wire.form import format_amount, parse_amount, parse_cst
+from ..wire.response import GatewayResponse, verify_response
+from .transport import USER_AGENT, Transport, TransportError
 
 if TYPE_CHECKING:
     from .legacy_client import LegacyClient
@@ -187,7 +187,7 @@ def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
 class _GatewayClient:
     """Settings, the transport (one HTTP exchange within ``timeout``, through the config's ``proxy``), the
     retry loop and the log line, shared by :class:`AlipayClient` and the legacy service's
-    :class:`~alipay_middleware.legacy_client.LegacyClient`."""
+    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`."""
 
     timeout: float
     retries: int
@@ -284,7 +284,7 @@ class AlipayClient(_GatewayClient):
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on an ``OpenApiConfig`` (its protocol and
     gateway are used) or an ``OpenApiConfig``. For the legacy service (``LegacyConfig``) use
-    :class:`~alipay_middleware.legacy_client.LegacyClient` (``alipay.client`` picks the right one).
+    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient` (``alipay.client`` picks the right one).
     ``timeout``: seconds for one whole attempt. ``retries``: extra attempts for idempotent calls after
     network trouble, ``backoff`` seconds apart, doubling. ``max_response``: larger answers are refused.
     Thread-safe: each call opens its own connection.
@@ -560,7 +560,7 @@ class AsyncAlipayClient:
     """The same four calls as coroutines. Each runs the synchronous client in a thread, never on the event
     loop: in the ``Alipay`` instance's pool when built from one (``alipay.aclient``), else in ``executor``,
     else via :func:`asyncio.to_thread`. The synchronous client (``sync``) is an :class:`AlipayClient`, or a
-    :class:`~alipay_middleware.legacy_client.LegacyClient` for a ``LegacyConfig`` (only ``query`` works there).
+    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient` for a ``LegacyConfig`` (only ``query`` works there).
 
     Cancelling the awaiting task does not stop a request already sent: a cancelled ``refund`` has an
     unknown outcome (ask ``refund_query``).

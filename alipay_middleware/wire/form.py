@@ -13,7 +13,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
-from .errors import Rejection
+from ..errors import Rejection
 
 #: China Standard Time. China has no daylight saving time, so a fixed offset is exact.
 CST = timezone(timedelta(hours=8), "UTC+08:00")

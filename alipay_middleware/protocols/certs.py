@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from Crypto.PublicKey import RSA
 from Crypto.Util.asn1 import DerInteger, DerObject, DerObjectId, DerSequence, DerSetOf
 
-from .keys import same_key
+from ..wire.keys import same_key
 
 __all__ = [
     "CertificateMode",

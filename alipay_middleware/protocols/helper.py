@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .errors import UntrustedHost
+from ..errors import UntrustedHost
 
 if TYPE_CHECKING:
-    from .core import Alipay
+    from ..alipay import Alipay
 
 
 class RequestOrigin(NamedTuple):

@@ -20,10 +20,10 @@ from urllib.parse import quote
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
-from .core import Alipay
+from ..alipay import Alipay
+from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
+from ..protocols.helper import RequestOrigin
 from .drive import run_flow
-from .flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
-from .helper import RequestOrigin
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]

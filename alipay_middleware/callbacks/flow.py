@@ -37,13 +37,13 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import AlipayError, GatewayUnavailable, HookFailed, LedgerUnavailable, Rejection
-from .events import CLOSED, PAID, PaymentEvent, ReturnResult
-from .ledger.base import ALREADY_DONE, BUSY, StoredEvent
-from .outbound import notify_verify
+from ..errors import AlipayError, GatewayUnavailable, HookFailed, LedgerUnavailable, Rejection
+from ..events import CLOSED, PAID, PaymentEvent, ReturnResult
+from ..gateway.transport import notify_verify
+from ..ledger.base import ALREADY_DONE, BUSY, StoredEvent
 
 if TYPE_CHECKING:
-    from .core import Alipay
+    from ..alipay import Alipay
 
 log = logging.getLogger("alipay_middleware")
 

@@ -23,15 +23,15 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-from .errors import Rejection
-from .events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
+from ..errors import Rejection
+from ..events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
+from ..gateway.transport import parse_proxy
+from ..wire.form import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
+from ..wire.keys import load_private_key, load_public_key, same_key
+from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
+from .base import Protocol, amount_field, verify_signed_fields
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
-from .keys import load_private_key, load_public_key, same_key
 from .openapi import check_gateway
-from .outbound import parse_proxy
-from .protocol import Protocol, amount_field, verify_signed_fields
-from .signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
-from .wire import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 
 if TYPE_CHECKING:
     pass
@@ -76,7 +76,7 @@ class LegacyConfig:
     Keys are parsed (and cross-checked) when this object is built; key text never appears in its repr.
     ``proxy``: ``"http://[user:password@]host:port"`` to send every call to Alipay (``notify_verify``,
     ``single_trade_query``) through an HTTP proxy's CONNECT tunnel; None (the default) connects directly,
-    and environment proxy variables are never used. See :mod:`alipay_middleware.outbound`.
+    and environment proxy variables are never used. See :mod:`alipay_middleware.gateway.transport`.
     """
 
     partner: str

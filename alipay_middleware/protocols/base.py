@@ -14,13 +14,13 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import Rejection
-from .events import CLOSED, PAID, PaymentEvent, ReturnResult
-from .signing import Verifier, sign_string
-from .wire import content_type_charset, parse_amount, parse_form, sniff_charset
+from ..errors import Rejection
+from ..events import CLOSED, PAID, PaymentEvent, ReturnResult
+from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_charset
+from ..wire.signing import Verifier, sign_string
 
 if TYPE_CHECKING:
-    from .client import TradeQuery
+    from ..gateway.client import TradeQuery
 
 
 def verify_signed_fields(

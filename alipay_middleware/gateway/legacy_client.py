@@ -66,11 +66,11 @@ Decisions (the safe side wherever the sources are silent or disagree):
 - XML: a DTD (``<!DOCTYPE``/``<!ENTITY``) is refused before parsing, the size is bounded by
   ``max_response``, repeated elements are refused (like duplicate JSON keys), elements nested inside a trade
   field are neither signed (as in Yurun's rule) nor returned.
-- The :class:`~alipay_middleware.client.TradeQuery`: ``total_amount`` is ``total_fee``;
+- The :class:`~alipay_middleware.gateway.client.TradeQuery`: ``total_amount`` is ``total_fee``;
   ``buyer_pay_amount``/``receipt_amount`` are None (the service has no such fields); ``send_pay_date`` is
   ``gmt_payment`` (aware, UTC+8); ``raw`` holds the verified trade fields only. ``TRADE_PENDING`` (paid into
   a frozen account) is not ``paid``.
-- Timeout and retries as :meth:`AlipayClient.query <alipay_middleware.client.AlipayClient.query>` (the
+- Timeout and retries as :meth:`AlipayClient.query <alipay_middleware.gateway.client.AlipayClient.query>` (the
   shared transport): the lookup is idempotent, retried on network trouble only.
 - ``refund``, ``close`` and ``refund_query`` raise :class:`~alipay_middleware.errors.UnsupportedCall`:
   the legacy service refunds through ``refund_fastpay_by_platform_pwd``, a page on which the merchant enters
@@ -87,6 +87,11 @@ from decimal import Decimal
 from typing import NoReturn
 from urllib.parse import quote_plus, urlencode
 
+from ..alipay import Alipay
+from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
+from ..protocols.legacy import RULE, LegacyConfig, LegacyProtocol
+from ..wire.form import normalize_charset, parse_cst
+from ..wire.signing import Verifier, sign_string
 from .client import (
     CloseResult,
     RefundQuery,
@@ -98,12 +103,7 @@ from .client import (
     _GatewayClient,
     _trade_biz,
 )
-from .core import Alipay
-from .errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
-from .legacy import RULE, LegacyConfig, LegacyProtocol
-from .outbound import USER_AGENT
-from .signing import Verifier, sign_string
-from .wire import normalize_charset, parse_cst
+from .transport import USER_AGENT
 
 __all__ = ["SINGLE_TRADE_QUERY", "LegacyAnswer", "LegacyClient", "parse_single_trade_query"]
 
@@ -197,7 +197,7 @@ class LegacyClient(_GatewayClient):
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on a ``LegacyConfig`` (its gateway, partner
     and keys are used) or a ``LegacyConfig``. ``timeout``, ``retries``, ``backoff``, ``max_response``: as
-    for :class:`~alipay_middleware.client.AlipayClient`. Thread-safe: each call opens its own connection.
+    for :class:`~alipay_middleware.gateway.client.AlipayClient`. Thread-safe: each call opens its own connection.
     """
 
     def __init__(

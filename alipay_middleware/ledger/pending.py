@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .errors import LedgerUnavailable
+from ..errors import LedgerUnavailable
 
 log = logging.getLogger("alipay_middleware")
 

@@ -1,7 +1,7 @@
 """Every call from the shop to Alipay's gateway, on one transport and one policy.
 
-:class:`Transport` carries the server-side API calls (:class:`~alipay_middleware.client.AlipayClient`,
-:class:`~alipay_middleware.legacy_client.LegacyClient`) and the legacy service's ``notify_verify`` origin
+:class:`Transport` carries the server-side API calls (:class:`~alipay_middleware.gateway.client.AlipayClient`,
+:class:`~alipay_middleware.gateway.legacy_client.LegacyClient`) and the legacy service's ``notify_verify`` origin
 check (:func:`notify_verify`). The policy, the same for all of them:
 
 - Standard library only (``http.client``). Environment proxy settings (``http_proxy``, ``https_proxy``,
@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from .errors import GatewayUnavailable, ResponseError
+from ..errors import GatewayUnavailable, ResponseError
 
 __all__ = ["USER_AGENT", "Proxy", "Transport", "TransportError", "notify_verify", "parse_proxy"]
 

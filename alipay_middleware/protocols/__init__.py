@@ -1,0 +1,2 @@
+"""Protocol knowledge: the Open Platform and the legacy service, certificates, the shared validators and the
+pay helper behind ``environ["alipay"]``."""

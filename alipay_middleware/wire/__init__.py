@@ -1,0 +1,1 @@
+"""Bytes and crypto: form and charset decoding, amounts and times, signing, keys, the gateway response scanner."""
