@@ -223,7 +223,7 @@ FINISH_AT_EXIT = textwrap.dedent(
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from conftest import WSGIClient
     from alipay_middleware import Alipay, OpenApiConfig
-    from alipay_middleware import finish
+    from alipay_middleware.ledger import pending as finish
     from alipay_middleware.ledger import SQLiteLedger
 
     finish.BACKGROUND_BACKOFF = (3600.0, 3600.0)  # only the exit handler may land it
