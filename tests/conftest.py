@@ -27,12 +27,12 @@ import pytest
 from Crypto.Hash import SHA1, SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
-from fake_gateway import FakeGateway
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import Alipay, OpenApiConfig
 from alipay_middleware.simulator import LegacyMerchant, Merchant, Simulator
 from alipay_middleware.wire.signing import sign_string
+from fake_gateway import FakeGateway
 
 VECTORS = Path(__file__).parent / "vectors"
 APP_ID = "2021000000000001"

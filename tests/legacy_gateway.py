@@ -41,10 +41,10 @@ from xml.sax.saxutils import escape
 from Crypto.Hash import SHA1
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
-from fake_gateway import FakeGateway
 
 from alipay_middleware.wire.signing import sign_string
 from conftest import MD5_KEY, PARTNER
+from fake_gateway import FakeGateway
 
 LOOKUP = "single_trade_query"
 FAULTS = ("not_exist", "is_not_exist", "error", "tampered", "unsigned", "wrong_sign_type", "mismatch", "duplicate",

@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl, urlsplit
 from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
+
 from fake_gateway import FakeGateway
 
 CST = timezone(timedelta(hours=8))

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
-from legacy_gateway import LegacyGateway
 
 from alipay_middleware import (
     Alipay,
@@ -36,6 +35,7 @@ from alipay_middleware import (
 )
 from alipay_middleware.events import CLOSED, PAID
 from conftest import MD5_KEY, PARTNER, Keys, Recorder, legacy_body, legacy_fields, make_config
+from legacy_gateway import LegacyGateway
 
 TIMEOUT = 0.5
 CST_OFFSET = timedelta(hours=8)
