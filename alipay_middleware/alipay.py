@@ -25,7 +25,8 @@ from .protocols.helper import check_allowed_hosts, check_base_url
 if TYPE_CHECKING:
     from .fronts.asgi import AlipayASGIMiddleware
     from .fronts.wsgi import AlipayWSGIMiddleware
-    from .gateway.client import AlipayClient, AsyncAlipayClient
+    from .gateway.aio import AsyncAlipayClient
+    from .gateway.client import AlipayClient
     from .gateway.legacy_client import LegacyClient
     from .protocols.legacy import LegacyConfig
     from .protocols.openapi import OpenApiConfig
@@ -311,7 +312,7 @@ class Alipay:
     @cached_property
     def aclient(self) -> AsyncAlipayClient:
         """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
-        from .gateway.client import AsyncAlipayClient
+        from .gateway.aio import AsyncAlipayClient
 
         return AsyncAlipayClient(self)
 

@@ -92,17 +92,9 @@ from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch,
 from ..protocols.legacy import RULE, LegacyConfig, LegacyProtocol
 from ..wire.form import normalize_charset, parse_cst
 from ..wire.signing import Verifier, sign_string
-from .client import (
-    CloseResult,
-    RefundQuery,
-    RefundResult,
-    TradeQuery,
-    _amount,
-    _Call,
-    _config_and_protocol,
-    _GatewayClient,
-    _trade_biz,
-)
+from .base import _Call, _config_and_protocol, _GatewayClient
+from .fields import _amount, _trade_biz
+from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
 
 __all__ = ["SINGLE_TRADE_QUERY", "LegacyAnswer", "LegacyClient", "parse_single_trade_query"]
