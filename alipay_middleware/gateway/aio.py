@@ -55,7 +55,7 @@ class AsyncAlipayClient:
         self._executor = executor
 
     def __repr__(self) -> str:
-        return f"<AsyncAlipayClient {self.sync._ident} {self.sync._host}>"
+        return f"<AsyncAlipayClient {self.sync.account} {self.sync.host}>"
 
     async def _run(self, fn: Callable[[], T]) -> T:
         # Looked up per call: Alipay.close() drops its pool and the next use makes a new one.

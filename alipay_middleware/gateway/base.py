@@ -12,10 +12,12 @@ from ..alipay import Alipay
 from ..errors import AlipayApiError, GatewayUnavailable, OutcomeUnknown, ResponseError
 from .transport import Transport, TransportError
 
+__all__ = ["Call", "GatewayClient", "config_and_protocol"]
+
 log = logging.getLogger("alipay_middleware.client")
 
 
-class _Call:
+class Call:
     """What the log line of one public call says; filled in as the call goes."""
 
     def __init__(self) -> None:
@@ -23,7 +25,7 @@ class _Call:
         self.attempts = 0
 
 
-def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
+def config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
     """The configuration and its protocol, from an ``Alipay`` or a bare config (checked by the caller)."""
     if isinstance(alipay_or_config, Alipay):
         return alipay_or_config.config, alipay_or_config.protocol
@@ -31,15 +33,17 @@ def _config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
     return alipay_or_config, factory() if callable(factory) else None
 
 
-class _GatewayClient:
+class GatewayClient:
     """Settings, the transport (one HTTP exchange within ``timeout``, through the config's ``proxy``), the
-    retry loop and the log line, shared by :class:`AlipayClient` and the legacy service's
-    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`."""
+    retry loop and the log line, shared by :class:`~alipay_middleware.gateway.client.AlipayClient` and the
+    legacy service's :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`. ``host``: the gateway's
+    host name; ``account``: the merchant (app id or partner id), both for reprs and logs."""
 
     timeout: float
     retries: int
     backoff: float
     max_response: int
+    host: str
 
     def _setup(self, gateway: str, timeout: float, retries: int, backoff: float, max_response: int,
                proxy: str | None) -> None:
@@ -58,16 +62,16 @@ class _GatewayClient:
         self.backoff = float(backoff)
         self.max_response = max_response
         self._transport = Transport(gateway, timeout=self.timeout, max_response=max_response, proxy=proxy)
-        self._host = self._transport.host
+        self.host = self._transport.host
 
     @property
-    def _ident(self) -> str:
-        """The merchant identity for reprs (app id or partner id)."""
+    def account(self) -> str:
+        """The merchant identity (app id or partner id)."""
         raise NotImplementedError  # pragma: no cover
 
     @contextmanager
-    def _logged(self, method: str, out_trade_no: str | None, trade_no: str | None) -> Iterator[_Call]:
-        call = _Call()
+    def _logged(self, method: str, out_trade_no: str | None, trade_no: str | None) -> Iterator[Call]:
+        call = Call()
         try:
             yield call
         except AlipayApiError as exc:
@@ -94,7 +98,7 @@ class _GatewayClient:
         attempt: Callable[[], bytes],
         *,
         idempotent: bool,
-        call: _Call,
+        call: Call,
         unknown: Callable[[str, str], OutcomeUnknown] | None = None,
     ) -> bytes:
         """``attempt()`` (build, sign and send one request; a fresh one each time), retried on network

@@ -48,8 +48,8 @@ from ..errors import AlipayApiError, AlipayError, OutcomeUnknown, ResponseError,
 from ..protocols.openapi import OpenApiConfig, OpenApiProtocol
 from ..wire.form import format_amount, parse_cst
 from ..wire.response import GatewayResponse, verify_response
-from .base import _Call, _config_and_protocol, _GatewayClient
-from .fields import _amount, _identifier, _text, _trade_biz
+from .base import Call, GatewayClient, config_and_protocol
+from .fields import amount_field, check_identifier, text_field, trade_biz
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
 
@@ -70,7 +70,7 @@ SYSTEM_ERROR = "ACQ.SYSTEM_ERROR"
 # -- the client ------------------------------------------------------------------------------------------
 
 
-class AlipayClient(_GatewayClient):
+class AlipayClient(GatewayClient):
     """Server-to-server calls to the Open Platform gateway, synchronous, on the standard library.
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on an ``OpenApiConfig`` (its protocol and
@@ -90,7 +90,7 @@ class AlipayClient(_GatewayClient):
         backoff: float = 0.2,
         max_response: int = 1024 * 1024,
     ) -> None:
-        config, protocol = _config_and_protocol(alipay_or_config)
+        config, protocol = config_and_protocol(alipay_or_config)
         if not isinstance(config, OpenApiConfig) or not isinstance(protocol, OpenApiProtocol):
             raise TypeError(
                 "AlipayClient speaks the Open Platform gateway (app id + RSA2: alipay.trade.query, .refund, "
@@ -105,10 +105,10 @@ class AlipayClient(_GatewayClient):
         self._target = self._transport.target("charset=utf-8")
 
     def __repr__(self) -> str:
-        return f"<AlipayClient {self.config.app_id} {self._host}>"
+        return f"<AlipayClient {self.config.app_id} {self.host}>"
 
     @property
-    def _ident(self) -> str:
+    def account(self) -> str:
         return self.config.app_id
 
     # -- the four calls ----------------------------------------------------------------------------------
@@ -117,11 +117,11 @@ class AlipayClient(_GatewayClient):
         """``alipay.trade.query``: the trade's status and amounts; ``exists=False`` for
         ``ACQ.TRADE_NOT_EXIST``. Retried on network trouble. Raises :class:`AlipayApiError` for any other
         failure (including ``20000``), :class:`GatewayUnavailable`, :class:`ResponseError`."""
-        biz = _trade_biz(out_trade_no, trade_no)
+        biz = trade_biz(out_trade_no, trade_no)
         with self._logged(QUERY, out_trade_no, trade_no) as call:
             response = self._exchange(QUERY, biz, idempotent=True, call=call)
             payload = response.payload
-            if response.verified and not response.is_error and _text(payload, "sub_code") == TRADE_NOT_EXIST:
+            if response.verified and not response.is_error and text_field(payload, "sub_code") == TRADE_NOT_EXIST:
                 call.outcome = f"{response.code}/{TRADE_NOT_EXIST}"
                 return TradeQuery(False, out_trade_no or "", trade_no or "", None, None, None, None, None, payload)
             _raise_unless_success(QUERY, response)
@@ -129,13 +129,13 @@ class AlipayClient(_GatewayClient):
             status = payload.get("trade_status")
             return TradeQuery(
                 exists=True,
-                out_trade_no=_text(payload, "out_trade_no") or out_trade_no or "",
-                trade_no=_text(payload, "trade_no") or trade_no or "",
+                out_trade_no=text_field(payload, "out_trade_no") or out_trade_no or "",
+                trade_no=text_field(payload, "trade_no") or trade_no or "",
                 trade_status=status if isinstance(status, str) and status else None,
-                total_amount=_amount(QUERY, payload, "total_amount"),
-                buyer_pay_amount=_amount(QUERY, payload, "buyer_pay_amount"),
-                receipt_amount=_amount(QUERY, payload, "receipt_amount"),
-                send_pay_date=parse_cst(_text(payload, "send_pay_date")),
+                total_amount=amount_field(QUERY, payload, "total_amount"),
+                buyer_pay_amount=amount_field(QUERY, payload, "buyer_pay_amount"),
+                receipt_amount=amount_field(QUERY, payload, "receipt_amount"),
+                send_pay_date=parse_cst(text_field(payload, "send_pay_date")),
                 raw=payload,
             )
 
@@ -153,9 +153,9 @@ class AlipayClient(_GatewayClient):
         automatically. Raises :class:`OutcomeUnknown` whenever the refund may or may not have happened,
         :class:`AlipayApiError` when Alipay refused it (nothing moved), :class:`GatewayUnavailable` when
         no connection could be opened (nothing was sent)."""
-        biz = _trade_biz(out_trade_no, trade_no)
+        biz = trade_biz(out_trade_no, trade_no)
         amount = format_amount(refund_amount, "refund_amount")
-        request_no = _identifier(out_request_no, "out_request_no")
+        request_no = check_identifier(out_request_no, "out_request_no")
         biz["refund_amount"] = amount
         biz["out_request_no"] = request_no
         if refund_reason is not None:
@@ -166,8 +166,8 @@ class AlipayClient(_GatewayClient):
         def unknown(reason: str, detail: str = "", response: GatewayResponse | None = None) -> OutcomeUnknown:
             payload = response.payload if response is not None else {}
             return OutcomeUnknown(
-                REFUND, reason, detail, code=_text(payload, "code"), msg=_text(payload, "msg"),
-                sub_code=_text(payload, "sub_code"), sub_msg=_text(payload, "sub_msg"),
+                REFUND, reason, detail, code=text_field(payload, "code"), msg=text_field(payload, "msg"),
+                sub_code=text_field(payload, "sub_code"), sub_msg=text_field(payload, "sub_msg"),
                 out_trade_no=out_trade_no, trade_no=trade_no, out_request_no=request_no,
             )
 
@@ -181,18 +181,18 @@ class AlipayClient(_GatewayClient):
                 raise unknown("unsigned_error", "an unsigned error_response proves nothing", response)
             if response.code == SERVICE_UNAVAILABLE:
                 raise unknown("service_unavailable", "", response)
-            if _text(payload, "sub_code") == SYSTEM_ERROR:
+            if text_field(payload, "sub_code") == SYSTEM_ERROR:
                 raise unknown("system_error", "", response)
             _raise_unless_success(REFUND, response)
             try:
                 _check_echo(REFUND, payload, out_trade_no=out_trade_no, trade_no=trade_no)
-                refund_fee = _amount(REFUND, payload, "refund_fee")
+                refund_fee = amount_field(REFUND, payload, "refund_fee")
             except ResponseError as exc:
                 raise unknown("unverifiable_response", exc.reason) from exc
-            fund_change = _text(payload, "fund_change") == "Y"
+            fund_change = text_field(payload, "fund_change") == "Y"
             call.outcome = f"{response.code}/fund_change={'Y' if fund_change else 'N'}"
-        out_trade_no = _text(payload, "out_trade_no") or out_trade_no
-        trade_no = _text(payload, "trade_no") or trade_no
+        out_trade_no = text_field(payload, "out_trade_no") or out_trade_no
+        trade_no = text_field(payload, "trade_no") or trade_no
         confirmation = None
         if not fund_change:
             # "N" is also what a repeated request answers for a refund that already happened: ask.
@@ -218,15 +218,15 @@ class AlipayClient(_GatewayClient):
         """``alipay.trade.close``: close an unpaid trade. Idempotent at Alipay, so retried on network
         trouble. ``ACQ.TRADE_NOT_EXIST`` is an :class:`AlipayApiError` here: a page-pay trade the buyer
         has not opened yet cannot be closed (the pay URL stays usable until its ``time_expire``)."""
-        biz = _trade_biz(out_trade_no, trade_no)
+        biz = trade_biz(out_trade_no, trade_no)
         with self._logged(CLOSE, out_trade_no, trade_no) as call:
             response = self._exchange(CLOSE, biz, idempotent=True, call=call)
             _raise_unless_success(CLOSE, response)
             payload = response.payload
             _check_echo(CLOSE, payload, out_trade_no=out_trade_no, trade_no=trade_no)
             return CloseResult(
-                out_trade_no=_text(payload, "out_trade_no") or out_trade_no or "",
-                trade_no=_text(payload, "trade_no") or trade_no or "",
+                out_trade_no=text_field(payload, "out_trade_no") or out_trade_no or "",
+                trade_no=text_field(payload, "trade_no") or trade_no or "",
                 raw=payload,
             )
 
@@ -235,8 +235,8 @@ class AlipayClient(_GatewayClient):
     ) -> RefundQuery:
         """``alipay.trade.fastpay.refund.query``: has the refund ``out_request_no`` happened? (``refunded``).
         Retried on network trouble; failures as for :meth:`query`."""
-        biz = _trade_biz(out_trade_no, trade_no)
-        request_no = _identifier(out_request_no, "out_request_no")
+        biz = trade_biz(out_trade_no, trade_no)
+        request_no = check_identifier(out_request_no, "out_request_no")
         biz["out_request_no"] = request_no
         with self._logged(REFUND_QUERY, out_trade_no, trade_no) as call:
             response = self._exchange(REFUND_QUERY, biz, idempotent=True, call=call)
@@ -246,13 +246,13 @@ class AlipayClient(_GatewayClient):
                         out_request_no=request_no)
             status = payload.get("refund_status")
             result = RefundQuery(
-                out_trade_no=_text(payload, "out_trade_no") or out_trade_no or "",
-                trade_no=_text(payload, "trade_no") or trade_no or "",
+                out_trade_no=text_field(payload, "out_trade_no") or out_trade_no or "",
+                trade_no=text_field(payload, "trade_no") or trade_no or "",
                 out_request_no=request_no,
                 refund_status=status if isinstance(status, str) and status else None,
-                refund_amount=_amount(REFUND_QUERY, payload, "refund_amount"),
-                total_amount=_amount(REFUND_QUERY, payload, "total_amount"),
-                gmt_refund_pay=parse_cst(_text(payload, "gmt_refund_pay")),
+                refund_amount=amount_field(REFUND_QUERY, payload, "refund_amount"),
+                total_amount=amount_field(REFUND_QUERY, payload, "total_amount"),
+                gmt_refund_pay=parse_cst(text_field(payload, "gmt_refund_pay")),
                 raw=payload,
             )
             call.outcome = f"{response.code}/{result.refund_status or 'no_refund'}"
@@ -266,7 +266,7 @@ class AlipayClient(_GatewayClient):
         biz: Mapping[str, Any],
         *,
         idempotent: bool,
-        call: _Call,
+        call: Call,
         unknown: Callable[[str, str], OutcomeUnknown] | None = None,
     ) -> GatewayResponse:
         """Sign, POST, read and verify; retried on network trouble only when ``idempotent``."""
@@ -298,8 +298,8 @@ def _raise_unless_success(method: str, response: GatewayResponse) -> None:
     if response.succeeded:
         return
     payload = response.payload
-    raise AlipayApiError(method, response.code or "no_code", _text(payload, "msg"), _text(payload, "sub_code"),
-                         _text(payload, "sub_msg"), verified=response.verified)
+    raise AlipayApiError(method, response.code or "no_code", text_field(payload, "msg"),
+                         text_field(payload, "sub_code"), text_field(payload, "sub_msg"), verified=response.verified)
 
 
 def _check_echo(method: str, payload: Mapping[str, Any], **asked: str | None) -> None:

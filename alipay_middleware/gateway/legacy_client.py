@@ -92,8 +92,8 @@ from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch,
 from ..protocols.legacy import RULE, LegacyConfig, LegacyProtocol
 from ..wire.form import normalize_charset, parse_cst
 from ..wire.signing import Verifier, sign_string
-from .base import _Call, _config_and_protocol, _GatewayClient
-from .fields import _amount, _trade_biz
+from .base import Call, GatewayClient, config_and_protocol
+from .fields import amount_field, trade_biz
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
 
@@ -184,7 +184,7 @@ def _strip(element: ET.Element | None) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-class LegacyClient(_GatewayClient):
+class LegacyClient(GatewayClient):
     """``single_trade_query`` for a legacy merchant, synchronous, on the standard library.
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on a ``LegacyConfig`` (its gateway, partner
@@ -201,7 +201,7 @@ class LegacyClient(_GatewayClient):
         backoff: float = 0.2,
         max_response: int = 1024 * 1024,
     ) -> None:
-        config, protocol = _config_and_protocol(alipay_or_config)
+        config, protocol = config_and_protocol(alipay_or_config)
         if not isinstance(config, LegacyConfig) or not isinstance(protocol, LegacyProtocol):
             raise TypeError(f"LegacyClient speaks the legacy mapi gateway (partner id + MD5/RSA); it does not "
                             f"support {type(config).__name__}. For an OpenApiConfig use AlipayClient")
@@ -210,10 +210,10 @@ class LegacyClient(_GatewayClient):
         self.protocol = protocol
 
     def __repr__(self) -> str:
-        return f"<LegacyClient {self.config.partner} {self._host}>"
+        return f"<LegacyClient {self.config.partner} {self.host}>"
 
     @property
-    def _ident(self) -> str:
+    def account(self) -> str:
         return self.config.partner
 
     def query(self, *, out_trade_no: str | None = None, trade_no: str | None = None) -> TradeQuery:
@@ -221,7 +221,7 @@ class LegacyClient(_GatewayClient):
         ``TRADE_NOT_EXIST`` (also spelled ``TRADE_IS_NOT_EXIST``). Retried on network trouble. Raises
         :class:`AlipayApiError` for any other error code, :class:`GatewayUnavailable`,
         :class:`ResponseError` (an answer that fails verification, a replay: :class:`ResponseMismatch`)."""
-        biz = {k: str(v) for k, v in _trade_biz(out_trade_no, trade_no).items()}
+        biz = {k: str(v) for k, v in trade_biz(out_trade_no, trade_no).items()}
         charset = self.config.input_charset
         with self._logged(SINGLE_TRADE_QUERY, out_trade_no, trade_no) as call:
             raw = self._attempts(SINGLE_TRADE_QUERY, lambda: self._get(biz, charset), idempotent=True, call=call)
@@ -240,7 +240,7 @@ class LegacyClient(_GatewayClient):
                 out_trade_no=trade.get("out_trade_no") or out_trade_no or "",
                 trade_no=trade.get("trade_no") or trade_no or "",
                 trade_status=status,
-                total_amount=_amount(SINGLE_TRADE_QUERY, trade, "total_fee"),
+                total_amount=amount_field(SINGLE_TRADE_QUERY, trade, "total_fee"),
                 buyer_pay_amount=None,
                 receipt_amount=None,
                 send_pay_date=parse_cst(trade.get("gmt_payment")),
@@ -254,7 +254,7 @@ class LegacyClient(_GatewayClient):
         return self._send("GET", target, None, {"Accept": "text/xml", "User-Agent": USER_AGENT})
 
     @staticmethod
-    def _failure(answer: LegacyAnswer, out_trade_no: str | None, trade_no: str | None, call: _Call) -> TradeQuery:
+    def _failure(answer: LegacyAnswer, out_trade_no: str | None, trade_no: str | None, call: Call) -> TradeQuery:
         code = answer.error or "no_error_code"
         if code in NOT_EXIST:
             call.outcome = f"F/{code}"
