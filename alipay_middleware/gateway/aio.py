@@ -7,18 +7,27 @@ import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
 from decimal import Decimal
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from ..alipay import Alipay
 from ..protocols.legacy import LegacyConfig
 from ..protocols.openapi import OpenApiConfig
+from .base import Host
 from .client import AlipayClient
+from .factory import client_for
 from .legacy_client import LegacyClient
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 
-__all__ = ["AsyncAlipayClient"]
+__all__ = ["AsyncAlipayClient", "PooledHost"]
 
 T = TypeVar("T")
+
+
+class PooledHost(Host, Protocol):
+    """An :class:`~alipay_middleware.Alipay` as the async client sees it: a :class:`Host` that also has the
+    pool its calls run in, read at every call (``Alipay.close()`` drops the pool; the next use makes one)."""
+
+    @property
+    def executor(self) -> Executor: ...
 
 
 class AsyncAlipayClient:
@@ -33,7 +42,7 @@ class AsyncAlipayClient:
 
     def __init__(
         self,
-        alipay_or_config: Alipay | OpenApiConfig | LegacyConfig,
+        alipay_or_config: PooledHost | OpenApiConfig | LegacyConfig,
         *,
         timeout: float = 10.0,
         retries: int = 2,
@@ -41,17 +50,10 @@ class AsyncAlipayClient:
         max_response: int = 1024 * 1024,
         executor: Executor | None = None,
     ) -> None:
-        self.sync: AlipayClient | LegacyClient
-        if isinstance(alipay_or_config, LegacyConfig) or (
-                isinstance(alipay_or_config, Alipay) and isinstance(alipay_or_config.config, LegacyConfig)):
-            from .legacy_client import LegacyClient
-
-            self.sync = LegacyClient(alipay_or_config, timeout=timeout, retries=retries, backoff=backoff,
-                                     max_response=max_response)
-        else:
-            self.sync = AlipayClient(alipay_or_config, timeout=timeout, retries=retries, backoff=backoff,
-                                     max_response=max_response)
-        self._alipay = alipay_or_config if isinstance(alipay_or_config, Alipay) else None
+        self.sync: AlipayClient | LegacyClient = client_for(
+            alipay_or_config, timeout=timeout, retries=retries, backoff=backoff, max_response=max_response)
+        # A bare config has no pool; anything else the client accepted is an Alipay (a PooledHost).
+        self._alipay = None if isinstance(alipay_or_config, (OpenApiConfig, LegacyConfig)) else alipay_or_config
         self._executor = executor
 
     def __repr__(self) -> str:

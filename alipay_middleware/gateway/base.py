@@ -7,12 +7,12 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol
 
-from ..alipay import Alipay
 from ..errors import AlipayApiError, GatewayUnavailable, OutcomeUnknown, ResponseError
 from .transport import Transport, TransportError
 
-__all__ = ["Call", "GatewayClient", "config_and_protocol"]
+__all__ = ["Call", "GatewayClient", "Host", "config_and_protocol", "config_of"]
 
 log = logging.getLogger("alipay_middleware.client")
 
@@ -25,12 +25,30 @@ class Call:
         self.attempts = 0
 
 
-def config_and_protocol(alipay_or_config: object) -> tuple[object, object]:
-    """The configuration and its protocol, from an ``Alipay`` or a bare config (checked by the caller)."""
-    if isinstance(alipay_or_config, Alipay):
-        return alipay_or_config.config, alipay_or_config.protocol
-    factory = getattr(alipay_or_config, "protocol", None)
-    return alipay_or_config, factory() if callable(factory) else None
+class Host(Protocol):
+    """What a client takes from an :class:`~alipay_middleware.Alipay`: its configuration and the protocol
+    made from it. Read by structure, so that this layer never imports the composition root."""
+
+    @property
+    def config(self) -> object: ...
+
+    @property
+    def protocol(self) -> object: ...
+
+
+def config_of(source: object) -> object:
+    """The configuration: a :class:`Host`'s ``config``, or ``source`` itself (a bare config has no ``config``)."""
+    config = getattr(source, "config", None)
+    return source if config is None else config
+
+
+def config_and_protocol(source: object) -> tuple[object, object]:
+    """The configuration and its protocol, from a :class:`Host` or a bare config (checked by the caller)."""
+    config = config_of(source)
+    if config is not source:
+        return config, getattr(source, "protocol", None)
+    factory = getattr(source, "protocol", None)
+    return source, factory() if callable(factory) else None
 
 
 class GatewayClient:

@@ -43,12 +43,11 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-from ..alipay import Alipay
 from ..errors import AlipayApiError, AlipayError, OutcomeUnknown, ResponseError, ResponseMismatch
 from ..protocols.openapi import OpenApiConfig, OpenApiProtocol
 from ..wire.form import format_amount, parse_cst
 from ..wire.response import GatewayResponse, verify_response
-from .base import Call, GatewayClient, config_and_protocol
+from .base import Call, GatewayClient, Host, config_and_protocol
 from .fields import amount_field, check_identifier, text_field, trade_biz
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
@@ -83,7 +82,7 @@ class AlipayClient(GatewayClient):
 
     def __init__(
         self,
-        alipay_or_config: Alipay | OpenApiConfig,
+        alipay_or_config: Host | OpenApiConfig,
         *,
         timeout: float = 10.0,
         retries: int = 2,

@@ -66,7 +66,7 @@ Decisions (the safe side wherever the sources are silent or disagree):
 - XML: a DTD (``<!DOCTYPE``/``<!ENTITY``) is refused before parsing, the size is bounded by
   ``max_response``, repeated elements are refused (like duplicate JSON keys), elements nested inside a trade
   field are neither signed (as in Yurun's rule) nor returned.
-- The :class:`~alipay_middleware.gateway.client.TradeQuery`: ``total_amount`` is ``total_fee``;
+- The :class:`~alipay_middleware.gateway.results.TradeQuery`: ``total_amount`` is ``total_fee``;
   ``buyer_pay_amount``/``receipt_amount`` are None (the service has no such fields); ``send_pay_date`` is
   ``gmt_payment`` (aware, UTC+8); ``raw`` holds the verified trade fields only. ``TRADE_PENDING`` (paid into
   a frozen account) is not ``paid``.
@@ -87,12 +87,11 @@ from decimal import Decimal
 from typing import NoReturn
 from urllib.parse import quote_plus, urlencode
 
-from ..alipay import Alipay
 from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
 from ..protocols.legacy import RULE, LegacyConfig, LegacyProtocol
 from ..wire.form import normalize_charset, parse_cst
 from ..wire.signing import Verifier, sign_string
-from .base import Call, GatewayClient, config_and_protocol
+from .base import Call, GatewayClient, Host, config_and_protocol
 from .fields import amount_field, trade_biz
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
@@ -194,7 +193,7 @@ class LegacyClient(GatewayClient):
 
     def __init__(
         self,
-        alipay_or_config: Alipay | LegacyConfig,
+        alipay_or_config: Host | LegacyConfig,
         *,
         timeout: float = 10.0,
         retries: int = 2,
