@@ -9,6 +9,7 @@ imports for the top-level names.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import subprocess
@@ -62,6 +63,24 @@ def test_gateway_module_loads_no_layer_above(name: str):
     assert above == []
     if name in SIBLINGS:
         assert SIBLINGS[name] not in loaded
+
+
+#: What opens connections. Only the transport may; the simulator (a stand-in for Alipay) is a tool of its own.
+NETWORK = ("http.client", "urllib.request", "ssl", "http.server", "httpx", "requests", "aiohttp")
+
+
+def test_only_the_transport_talks_to_alipay():
+    package = GATEWAY.parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package).as_posix()
+        if where == "gateway/transport.py" or where.startswith("simulator/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{where}: {n}" for n in names if any(n == m or n.startswith(m + ".") for m in NETWORK)]
+    assert found == []
 
 
 # -- an Alipay by structure ----------------------------------------------------------------------------------
