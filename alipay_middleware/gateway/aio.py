@@ -32,9 +32,11 @@ class PooledHost(Host, Protocol):
 
 class AsyncAlipayClient:
     """The same four calls as coroutines. Each runs the synchronous client in a thread, never on the event
-    loop: in the ``Alipay`` instance's pool when built from one (``alipay.aclient``), else in ``executor``,
-    else via :func:`asyncio.to_thread`. The synchronous client (``sync``) is an :class:`AlipayClient`, or a
-    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient` for a ``LegacyConfig`` (only ``query`` works there).
+    loop: in ``executor`` when given, else in the ``Alipay`` instance's pool when built from one
+    (``alipay.aclient``; the pool is looked up at every call), else via :func:`asyncio.to_thread`. The
+    synchronous client (``sync``) is an :class:`~alipay_middleware.gateway.client.AlipayClient`, or a
+    :class:`~alipay_middleware.gateway.legacy_client.LegacyClient` for a ``LegacyConfig`` (only ``query`` works
+    there).
 
     Cancelling the awaiting task does not stop a request already sent: a cancelled ``refund`` has an
     unknown outcome (ask ``refund_query``).
