@@ -27,8 +27,10 @@ from .errors import (
     UntrustedHost,
 )
 from .events import PaymentEvent, ReturnResult
-from .gateway.client import AlipayClient, AsyncAlipayClient, CloseResult, RefundQuery, RefundResult, TradeQuery
+from .gateway.aio import AsyncAlipayClient
+from .gateway.client import AlipayClient
 from .gateway.legacy_client import LegacyClient
+from .gateway.results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .ledger import Ledger, SQLiteLedger, StoredEvent
 from .protocols.legacy import LEGACY_GATEWAY, LegacyConfig
 from .protocols.openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from .callbacks.flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .gateway.aio import AsyncAlipayClient
+from .gateway.client import AlipayClient
+from .gateway.factory import client_for
+from .gateway.legacy_client import LegacyClient
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
 from .protocols.helper import check_allowed_hosts, check_base_url
@@ -25,8 +29,6 @@ from .protocols.helper import check_allowed_hosts, check_base_url
 if TYPE_CHECKING:
     from .fronts.asgi import AlipayASGIMiddleware
     from .fronts.wsgi import AlipayWSGIMiddleware
-    from .gateway.client import AlipayClient, AsyncAlipayClient
-    from .gateway.legacy_client import LegacyClient
     from .protocols.legacy import LegacyConfig
     from .protocols.openapi import OpenApiConfig
 
@@ -298,21 +300,11 @@ class Alipay:
         """Query, refund and close trades (an :class:`~alipay_middleware.gateway.client.AlipayClient`, made on
         first use). For a ``LegacyConfig``: a :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`,
         which can only ``query`` (``single_trade_query``)."""
-        from .protocols.legacy import LegacyConfig
-
-        if isinstance(self.config, LegacyConfig):
-            from .gateway.legacy_client import LegacyClient
-
-            return LegacyClient(self)
-        from .gateway.client import AlipayClient
-
-        return AlipayClient(self)
+        return client_for(self)
 
     @cached_property
     def aclient(self) -> AsyncAlipayClient:
         """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
-        from .gateway.client import AsyncAlipayClient
-
         return AsyncAlipayClient(self)
 
     def reconcile(self, older_than_minutes: float = 15.0) -> list[Confirmation]:

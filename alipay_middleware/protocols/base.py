@@ -20,7 +20,7 @@ from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_ch
 from ..wire.signing import Verifier, sign_string
 
 if TYPE_CHECKING:
-    from ..gateway.client import TradeQuery
+    from ..gateway.results import TradeQuery
 
 
 def verify_signed_fields(
