@@ -16,7 +16,10 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .callbacks.flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
+from .callbacks.confirm import Confirmation, confirm_flow
+from .callbacks.flow import notify_flow, return_flow
+from .callbacks.memory import VerifiedIds
+from .callbacks.steps import Flow, Steps
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
@@ -321,7 +324,7 @@ class Alipay:
 
         For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
-        returns one :class:`~alipay_middleware.callbacks.flow.Confirmation` per order.
+        returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order.
         """
         from .fronts.drive import await_if_needed, run_flow
 

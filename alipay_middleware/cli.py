@@ -27,7 +27,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .alipay import Alipay
-from .callbacks.flow import INTERNAL_ERROR, Answer, replay_flow
+from .callbacks.answers import INTERNAL_ERROR, Answer
+from .callbacks.flow import replay_flow
 from .errors import AlipayError
 from .fronts.drive import run_flow
 from .ledger import (

@@ -1,0 +1,73 @@
+"""The confirmation flow: ask Alipay about one trade and feed what it proves through the claim-check-hook steps."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import AlipayError
+from ..events import PAID
+from .answers import SUCCESS
+from .process import process
+from .steps import Call, Steps
+
+if TYPE_CHECKING:
+    from ..alipay import Alipay
+
+log = logging.getLogger("alipay_middleware")
+
+#: Why a return was not confirmed: every ``return_checks`` slot was taken.
+CHECKS_FULL = "return_checks_full"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What asking Alipay about one trade found and did (confirmation on return, reconciliation).
+
+    ``paid``: True when Alipay says paid (or the ledger already has the payment), False when it says
+    not paid, None when it could not be asked. ``outcome``: ``already_paid`` (known, not asked),
+    ``processed`` (the hook ran now), ``already_done``, ``in_progress`` (another worker holds the
+    trade), ``not_paid``, ``error`` (Alipay could not be asked or answered an error),
+    ``return_checks_full`` (a return's confirmation found every ``return_checks`` slot taken: not
+    asked), or the notify path's reason for a refusal or failure (``amount_mismatch``, ``hook_failed``, ...).
+    """
+
+    out_trade_no: str
+    trade_status: str | None
+    paid: bool | None
+    outcome: str
+
+
+def confirm_flow(alipay: Alipay, out_trade_no: str, source: str,
+                 gate: threading.Semaphore | None = None) -> Steps[Confirmation]:
+    """Query the trade and feed what the verified answer proves (paid, or closed unpaid) through the
+    notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once.
+
+    The ledger is asked first. With ``gate`` (the returns' bound) the query is made only in a free slot,
+    never waiting for one; otherwise the outcome is ``return_checks_full`` and Alipay is not asked."""
+    protocol = alipay.protocol
+    try:
+        if (yield Call(alipay.ledger.is_done, (protocol.key(PAID, out_trade_no),))):
+            return Confirmation(out_trade_no, None, True, "already_paid")
+        if gate is not None and not gate.acquire(blocking=False):
+            log.info("alipay %s not confirmed reason=%s out_trade_no=%s", source, CHECKS_FULL, out_trade_no)
+            return Confirmation(out_trade_no, None, None, CHECKS_FULL)
+        try:
+            query = yield Call(functools.partial(alipay.client.query, out_trade_no=out_trade_no), ())
+        finally:
+            if gate is not None:
+                gate.release()
+    except AlipayError as exc:
+        log.warning("alipay %s error out_trade_no=%s error=%s: %s", source, out_trade_no, type(exc).__name__, exc)
+        return Confirmation(out_trade_no, None, None, "error")
+    event = protocol.query_event(query)
+    if event is None:
+        return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
+    raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")
+    answer = yield from process(alipay, event, raw, "utf-8", source)
+    outcome = "processed" if answer is SUCCESS else answer.reason
+    return Confirmation(out_trade_no, query.trade_status, event.kind == PAID, outcome)
