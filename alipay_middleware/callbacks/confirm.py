@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import AlipayError
-from ..events import PAID
+from ..events import CLOSED, PAID, PaymentEvent
 from .answers import SUCCESS
 from .process import process
 from .steps import Call, Steps
 
 if TYPE_CHECKING:
     from ..alipay import Alipay
+    from ..gateway.client import TradeQuery
+    from ..protocols.base import Protocol
 
 log = logging.getLogger("alipay_middleware")
 
@@ -64,10 +66,47 @@ def confirm_flow(alipay: Alipay, out_trade_no: str, source: str,
     except AlipayError as exc:
         log.warning("alipay %s error out_trade_no=%s error=%s: %s", source, out_trade_no, type(exc).__name__, exc)
         return Confirmation(out_trade_no, None, None, "error")
-    event = protocol.query_event(query)
+    event = query_event(protocol, query)
     if event is None:
         return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
     raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")
     answer = yield from process(alipay, event, raw, "utf-8", source)
     outcome = "processed" if answer is SUCCESS else answer.reason
     return Confirmation(out_trade_no, query.trade_status, event.kind == PAID, outcome)
+
+
+def query_event(protocol: Protocol, query: TradeQuery) -> PaymentEvent | None:
+    """The event a verified trade query answer (``alipay.trade.query`` or the legacy
+    ``single_trade_query``) proves by itself: paid, or closed unpaid.
+
+    None for anything else (waiting, ``TRADE_PENDING``, unknown to Alipay, and a closed trade that had
+    been paid: a full refund, which the refund notification reports with its own key). The keys are the
+    notify's, so whichever of the two comes first runs the hook.
+    """
+    if not query.exists or not query.out_trade_no:
+        return None
+    if query.paid:
+        kind = PAID
+    elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
+        kind = CLOSED
+    else:
+        return None
+    raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+           for k, v in query.raw.items()}
+    return PaymentEvent(
+        kind=kind,
+        key=protocol.key(kind, query.out_trade_no),
+        trade_key=f"{protocol.account}:{query.out_trade_no}",
+        out_trade_no=query.out_trade_no,
+        trade_no=query.trade_no,
+        trade_status=query.trade_status or "",
+        total_amount=query.total_amount,
+        refund_fee=None,
+        out_biz_no="",
+        notify_id="",
+        gmt_payment=query.send_pay_date,
+        gmt_refund=None,
+        app_id=protocol.app_id,
+        seller_id=raw.get("seller_id", ""),
+        raw=raw,
+    )

@@ -1,6 +1,6 @@
 """The protocol-neutral interface the callback core talks to.
 
-A protocol knows how its callbacks are signed and what their fields mean; the core (``core.py``) knows
+A protocol knows how its callbacks are signed and what their fields mean; the callback core (``callbacks/``) knows
 the order of things (verify, check the recipient, record, check the order, call the hook, acknowledge).
 The Open Platform lives in ``openapi.py``; the legacy ``create_direct_pay_by_user`` service slots in
 beside it by implementing the same few methods.
@@ -8,19 +8,15 @@ beside it by implementing the same few methods.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..errors import Rejection
-from ..events import CLOSED, PAID, PaymentEvent, ReturnResult
+from ..events import PAID, PaymentEvent, ReturnResult
 from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_charset
 from ..wire.signing import Verifier, sign_string
-
-if TYPE_CHECKING:
-    from ..gateway.client import TradeQuery
 
 
 def verify_signed_fields(
@@ -94,42 +90,6 @@ class Protocol(ABC):
         None here: an Open Platform return carries no trade status. The legacy return does.
         """
         return None
-
-    def query_event(self, query: TradeQuery) -> PaymentEvent | None:
-        """The event a verified trade query answer (``alipay.trade.query`` or the legacy
-        ``single_trade_query``) proves by itself: paid, or closed unpaid.
-
-        None for anything else (waiting, ``TRADE_PENDING``, unknown to Alipay, and a closed trade that had
-        been paid: a full refund, which the refund notification reports with its own key). The keys are the
-        notify's, so whichever of the two comes first runs the hook.
-        """
-        if not query.exists or not query.out_trade_no:
-            return None
-        if query.paid:
-            kind = PAID
-        elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
-            kind = CLOSED
-        else:
-            return None
-        raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-               for k, v in query.raw.items()}
-        return PaymentEvent(
-            kind=kind,
-            key=self.key(kind, query.out_trade_no),
-            trade_key=f"{self.account}:{query.out_trade_no}",
-            out_trade_no=query.out_trade_no,
-            trade_no=query.trade_no,
-            trade_status=query.trade_status or "",
-            total_amount=query.total_amount,
-            refund_fee=None,
-            out_biz_no="",
-            notify_id="",
-            gmt_payment=query.send_pay_date,
-            gmt_refund=None,
-            app_id=self.app_id,
-            seller_id=raw.get("seller_id", ""),
-            raw=raw,
-        )
 
     def origin_url(self, fields: Mapping[str, str], *, on_return: bool) -> str | None:
         """The URL whose answer proves a verified message really came from Alipay just now, or None
