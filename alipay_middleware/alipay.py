@@ -21,6 +21,7 @@ from .callbacks.flow import notify_flow, return_flow
 from .callbacks.memory import VerifiedIds
 from .callbacks.steps import Flow, Steps
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .gateway.transport import notify_verify
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
 from .protocols.helper import check_allowed_hosts, check_base_url
@@ -273,6 +274,10 @@ class Alipay:
 
     def lease_owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    def ask_origin(self, url: str, timeout: float) -> bytes:
+        """The origin check's call (the legacy ``notify_verify``), through the configured proxy: Alipay's answer."""
+        return notify_verify(url, timeout, self.config.proxy)
 
     def start(self) -> None:
         """Once, at the first request: say what is not configured that a shop would regret."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -12,12 +11,11 @@ from typing import TYPE_CHECKING
 from ..errors import AlipayError
 from ..events import CLOSED, PAID, PaymentEvent
 from .answers import SUCCESS
+from .ports import FlowPort, TradeAnswer
 from .process import process
-from .steps import Call, Steps
+from .steps import Steps, step
 
 if TYPE_CHECKING:
-    from ..alipay import Alipay
-    from ..gateway.client import TradeQuery
     from ..protocols.base import Protocol
 
 log = logging.getLogger("alipay_middleware")
@@ -44,22 +42,22 @@ class Confirmation:
     outcome: str
 
 
-def confirm_flow(alipay: Alipay, out_trade_no: str, source: str,
+def confirm_flow(port: FlowPort, out_trade_no: str, source: str,
                  gate: threading.Semaphore | None = None) -> Steps[Confirmation]:
     """Query the trade and feed what the verified answer proves (paid, or closed unpaid) through the
     notify's claim-check-hook steps, under the notify's dedupe key: the hook still runs once.
 
     The ledger is asked first. With ``gate`` (the returns' bound) the query is made only in a free slot,
     never waiting for one; otherwise the outcome is ``return_checks_full`` and Alipay is not asked."""
-    protocol = alipay.protocol
+    protocol = port.protocol
     try:
-        if (yield Call(alipay.ledger.is_done, (protocol.key(PAID, out_trade_no),))):
+        if (yield from step(port.ledger.is_done, protocol.key(PAID, out_trade_no))):
             return Confirmation(out_trade_no, None, True, "already_paid")
         if gate is not None and not gate.acquire(blocking=False):
             log.info("alipay %s not confirmed reason=%s out_trade_no=%s", source, CHECKS_FULL, out_trade_no)
             return Confirmation(out_trade_no, None, None, CHECKS_FULL)
         try:
-            query = yield Call(functools.partial(alipay.client.query, out_trade_no=out_trade_no), ())
+            query = yield from step(port.client.query, out_trade_no=out_trade_no)
         finally:
             if gate is not None:
                 gate.release()
@@ -70,12 +68,12 @@ def confirm_flow(alipay: Alipay, out_trade_no: str, source: str,
     if event is None:
         return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
     raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")
-    answer = yield from process(alipay, event, raw, "utf-8", source)
+    answer = yield from process(port, event, raw, "utf-8", source)
     outcome = "processed" if answer is SUCCESS else answer.reason
     return Confirmation(out_trade_no, query.trade_status, event.kind == PAID, outcome)
 
 
-def query_event(protocol: Protocol, query: TradeQuery) -> PaymentEvent | None:
+def query_event(protocol: Protocol, query: TradeAnswer) -> PaymentEvent | None:
     """The event a verified trade query answer (``alipay.trade.query`` or the legacy
     ``single_trade_query``) proves by itself: paid, or closed unpaid.
 

@@ -4,7 +4,9 @@
 each blocking or user-supplied step as a :class:`Call` (ledger writes, ``order_amount``, the hook). A
 driver performs the call and sends the result back (or throws the exception in). The WSGI front drives
 it synchronously, the ASGI front with ``await`` and a thread pool; the order of the steps and every
-answer live only here.
+answer live only here. A flow touches nothing but its port (:class:`~.ports.FlowPort`: the protocol, the
+ledger, the hooks, the origin check and the trade query), which ``Alipay`` provides; each step is made with
+:func:`~.steps.step`, so that its result carries the called function's type.
 
 Order: parse and verify (cheap rejections, no writes) -> origin check where the protocol has one
 (the legacy ``notify_verify`` call; unreachable -> 503; a resend of an event the ledger has done is
@@ -28,26 +30,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
 
 from ..errors import GatewayUnavailable, LedgerUnavailable, Rejection
 from ..events import PAID, ReturnResult
-from ..gateway.transport import notify_verify
-from ..ledger.base import StoredEvent
+from ..ledger.base import Ledger, StoredEvent
 from .answers import DUPLICATE, Answer
 from .confirm import CHECKS_FULL, confirm_flow
+from .ports import FlowPort
 from .process import process, unavailable
-from .steps import Call, Flow, Steps
-
-if TYPE_CHECKING:
-    from ..alipay import Alipay
+from .steps import Flow, Steps, step
 
 log = logging.getLogger("alipay_middleware")
 
 
-def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
-    protocol = alipay.protocol
-    ledger = alipay.ledger
+def notify_flow(port: FlowPort, raw: bytes, content_type: str | None) -> Flow:
+    protocol = port.protocol
+    ledger = port.ledger
     try:
         fields, charset = protocol.parse(raw, content_type)
         protocol.verify_notify(fields, charset)
@@ -58,7 +56,7 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
             if (yield from _known_done(ledger, event.key)):
                 log.info("alipay notify duplicate reason=already_done key=%s", event.key)
                 return DUPLICATE
-        yield from _origin_checked(alipay, fields, on_return=False)
+        yield from _origin_checked(port, fields, on_return=False)
     except Rejection as rejection:
         # A signed message that Alipay disowns, or an origin check that cannot be made, is worth a look.
         level = logging.WARNING if rejection.reason.startswith("origin") else logging.INFO
@@ -71,38 +69,38 @@ def notify_flow(alipay: Alipay, raw: bytes, content_type: str | None) -> Flow:
         log.warning("alipay notify rejected reason=%s status=400 app_id=%s seller_id=%s out_trade_no=%s",
                     problem, event.app_id, event.seller_id, event.out_trade_no)
         try:
-            yield Call(ledger.record_foreign, (event, raw, charset, problem))
+            yield from step(ledger.record_foreign, event, raw, charset, problem)
         except LedgerUnavailable as exc:
             return unavailable("notify", event, exc)
         return Answer(400, problem)
-    answer = yield from process(alipay, event, raw, charset, "notify")
+    answer = yield from process(port, event, raw, charset, "notify")
     return answer
 
 
-def _known_done(ledger: Any, key: str) -> Steps[bool]:
+def _known_done(ledger: Ledger, key: str) -> Steps[bool]:
     """Whether the ledger has ``key`` done; False when it cannot say (the steps after it answer an outage)."""
     try:
-        done = yield Call(ledger.is_done, (key,))
+        done = yield from step(ledger.is_done, key)
     except LedgerUnavailable:
         return False
     return bool(done)
 
 
-def _origin_checked(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool) -> Steps[bool]:
+def _origin_checked(port: FlowPort, fields: Mapping[str, str], *, on_return: bool) -> Steps[bool]:
     """The origin check (if the protocol has one), asked of Alipay at most once per message within its
     id's life; for a return, only in one of ``return_checks`` free slots. False when a return found none
     free: its check was not made and the return is not confirmed. Rejections pass through."""
-    if alipay.protocol.origin_url(fields, on_return=on_return) is None:
+    if port.protocol.origin_url(fields, on_return=on_return) is None:
         return True
-    memory = alipay.verified_returns if on_return else alipay.verified_notifications
+    memory = port.verified_returns if on_return else port.verified_notifications
     key = (fields.get("notify_id", ""), fields.get("sign", ""))
     if memory.recall(key):
         return True
-    gate = alipay.return_gate if on_return else None
+    gate = port.return_gate if on_return else None
     if gate is not None and not gate.acquire(blocking=False):
         return False
     try:
-        yield from _check_origin(alipay, fields, on_return=on_return)
+        yield from _check_origin(port, fields, on_return=on_return)
     finally:
         if gate is not None:
             gate.release()
@@ -110,20 +108,20 @@ def _origin_checked(alipay: Alipay, fields: Mapping[str, str], *, on_return: boo
     return True
 
 
-def _check_origin(alipay: Alipay, fields: Mapping[str, str], *, on_return: bool) -> Steps[None]:
+def _check_origin(port: FlowPort, fields: Mapping[str, str], *, on_return: bool) -> Steps[None]:
     """The protocol's origin check, if it has one: ask Alipay whether it sent this message."""
-    protocol = alipay.protocol
+    protocol = port.protocol
     url = protocol.origin_url(fields, on_return=on_return)
     if url is None:
         return
     try:
-        answer = yield Call(notify_verify, (url, protocol.origin_timeout, alipay.config.proxy))
+        answer = yield from step(port.ask_origin, url, protocol.origin_timeout)
     except GatewayUnavailable as exc:
         raise Rejection("origin_unreachable", 503, str(exc)) from None
     protocol.check_origin(answer)
 
 
-def replay_flow(alipay: Alipay, stored: StoredEvent) -> Flow:
+def replay_flow(port: FlowPort, stored: StoredEvent) -> Flow:
     """Run an event already in the ledger through the claim -> order check -> hook -> done steps again.
 
     The operator's ``replay``: a done event answers ``already_done`` without a call, a leased one
@@ -133,7 +131,7 @@ def replay_flow(alipay: Alipay, stored: StoredEvent) -> Flow:
     must be the stored one. The legacy origin check is not asked again: it passed when the event was
     recorded, and Alipay answers it for a short while only.
     """
-    protocol = alipay.protocol
+    protocol = port.protocol
     try:
         protocol.verify_notify(stored.fields, stored.charset)
         problem = protocol.recipient_problem(stored.fields)
@@ -146,11 +144,11 @@ def replay_flow(alipay: Alipay, stored: StoredEvent) -> Flow:
         log.warning("alipay replay refused reason=%s key=%s%s", rejection.reason, stored.key,
                     f" detail={rejection.detail}" if rejection.detail else "")
         return Answer(rejection.status, rejection.reason)
-    answer = yield from process(alipay, event, stored.raw_body or b"", stored.charset, "replay")
+    answer = yield from process(port, event, stored.raw_body or b"", stored.charset, "replay")
     return answer
 
 
-def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult | None]:
+def return_flow(port: FlowPort, method: str, query: bytes) -> Steps[ReturnResult | None]:
     """Verify a browser return; None when it does not verify, is not for us, or is not a GET (Alipay
     sends the browser back with GET; anything else is not Alipay's return).
 
@@ -166,7 +164,7 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
     """
     if method not in ("GET", "HEAD"):
         return None
-    protocol = alipay.protocol
+    protocol = port.protocol
     try:
         fields, charset = protocol.parse(query, None)
         protocol.verify_return(fields, charset)
@@ -178,9 +176,9 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
         if protocol.origin_url(fields, on_return=True) is not None:
             # The return URL never expires: a reload or a stranger's replay of a trade already paid is
             # answered from the ledger, and costs neither a thread waiting on Alipay nor a call to it.
-            if result.out_trade_no and (yield from _known_done(alipay.ledger, protocol.key(PAID, result.out_trade_no))):
+            if result.out_trade_no and (yield from _known_done(port.ledger, protocol.key(PAID, result.out_trade_no))):
                 return replace(result, paid=True)
-            if not (yield from _origin_checked(alipay, fields, on_return=True)):
+            if not (yield from _origin_checked(port, fields, on_return=True)):
                 log.info("alipay return not confirmed reason=%s out_trade_no=%s", CHECKS_FULL, result.out_trade_no)
                 return replace(result, paid=None, confirmed=False)
     except Rejection as rejection:
@@ -188,9 +186,9 @@ def return_flow(alipay: Alipay, method: str, query: bytes) -> Steps[ReturnResult
                  f" detail={rejection.detail}" if rejection.detail else "")
         return None
     if event is not None and event.kind == PAID:
-        yield from process(alipay, event, query, charset, "return")
-    elif alipay.confirm_returns and result.paid is None and result.out_trade_no:
-        confirmation = yield from confirm_flow(alipay, result.out_trade_no, "confirm", alipay.return_gate)
+        yield from process(port, event, query, charset, "return")
+    elif port.confirm_returns and result.paid is None and result.out_trade_no:
+        confirmation = yield from confirm_flow(port, result.out_trade_no, "confirm", port.return_gate)
         if confirmation.outcome == CHECKS_FULL:
             result = replace(result, confirmed=False)
         else:

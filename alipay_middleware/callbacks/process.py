@@ -7,27 +7,25 @@ import math
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import HookFailed, LedgerUnavailable
 from ..events import CLOSED, PaymentEvent
-from ..ledger.base import ALREADY_DONE, BUSY
+from ..ledger.base import ALREADY_DONE, BUSY, Ledger
 from .answers import _TEXT, DUPLICATE, SUCCESS, Answer
-from .steps import Call, Flow, Steps
-
-if TYPE_CHECKING:
-    from ..alipay import Alipay
+from .ports import FlowPort
+from .steps import Flow, Steps, step
 
 log = logging.getLogger("alipay_middleware")
 
 
-def process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, source: str) -> Flow:
+def process(port: FlowPort, event: PaymentEvent, raw: bytes, charset: str, source: str) -> Flow:
     """Claim -> order and amount check -> hook -> done: the steps every accepted event goes through."""
-    protocol = alipay.protocol
-    ledger = alipay.ledger
-    owner = alipay.lease_owner()
+    protocol = port.protocol
+    ledger = port.ledger
+    owner = port.lease_owner()
     try:
-        claim = yield Call(ledger.claim, (event, raw, charset, owner, alipay.lease_seconds))
+        claim = yield from step(ledger.claim, event, raw, charset, owner, port.lease_seconds)
     except LedgerUnavailable as exc:
         return unavailable(source, event, exc)
     if claim.state == ALREADY_DONE:
@@ -40,43 +38,44 @@ def process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sourc
     event = replace(event, attempt=claim.attempt)
 
     # From here on we hold the lease: every way out releases it (done, rejected or failed).
-    step = "ledger"
+    stage = "ledger"
+    order_amount = port.order_amount_fn
     try:
-        if alipay.order_amount_fn is not None and event.out_trade_no:
-            step = "order_amount"
-            expected = yield Call(alipay.order_amount_fn, (event.out_trade_no,))
+        if order_amount is not None and event.out_trade_no:
+            stage = "order_amount"
+            expected = yield from step(order_amount, event.out_trade_no)
             problem = protocol.amount_problem(expected, event)
             if problem is not None:
                 log.warning("alipay %s rejected reason=%s status=409 out_trade_no=%s expected=%s got=%s",
                             source, problem, event.out_trade_no, expected, event.total_amount)
-                yield Call(ledger.reject, (event.key, owner, problem))
+                yield from step(ledger.reject, event.key, owner, problem)
                 return Answer(409, problem)
         note = None
-        hook = alipay.hooks.get(event.kind)
+        hook = port.hooks.get(event.kind)
         if event.kind == CLOSED:
-            step = "ledger"
-            if (yield Call(ledger.is_done, (protocol.paid_key(event),))):
+            stage = "ledger"
+            if (yield from step(ledger.is_done, protocol.paid_key(event))):
                 # A trade closes unpaid or fully refunded (the latter is a refund event). A "closed"
                 # after "paid" is stale: state never goes backwards.
                 hook, note = None, "not closed: the trade is already paid"
         if hook is not None and hook.transactional:
-            answer = yield from _transactional(alipay, hook.fn, event, owner, note, source)
+            answer = yield from _transactional(ledger, hook.fn, event, owner, note, source)
             return answer
         if hook is not None:
-            step = "hook"
-            yield Call(hook.fn, (event,))
+            stage = "hook"
+            yield from step(hook.fn, event)
     except LedgerUnavailable as exc:
         yield from _release(ledger, event, owner, "ledger unavailable")
         return unavailable(source, event, exc)
     except Exception as exc:
-        reason = f"{step}_failed"
+        reason = f"{stage}_failed"
         log.error("alipay %s failed reason=%s status=500 key=%s attempt=%d error=%s",
                   source, reason, event.key, event.attempt, type(exc).__name__, exc_info=True)
         yield from _release(ledger, event, owner, traceback.format_exc())
         return Answer(500, reason)
     # The hook returned: from here on the event is never released for another run. The done mark is
-    # retried until it lands (finish.py); meanwhile this worker keeps the lease and copies get 503.
-    if not (yield Call(alipay.finishes.finish, (event.key, note))):
+    # retried until it lands (ledger/pending.py); meanwhile this worker keeps the lease and copies get 503.
+    if not (yield from step(port.finishes.finish, event.key, note)):
         return Answer(503, "finish_pending", headers=_TEXT + (("Retry-After", _FINISH_RETRY_AFTER),))
     log.info("alipay %s processed kind=%s key=%s attempt=%d", source, event.kind, event.key, event.attempt)
     return SUCCESS
@@ -86,11 +85,10 @@ def process(alipay: Alipay, event: PaymentEvent, raw: bytes, charset: str, sourc
 _FINISH_RETRY_AFTER = "60"
 
 
-def _transactional(alipay: Alipay, hook: Callable[..., Any], event: PaymentEvent, owner: str, note: str | None,
+def _transactional(ledger: Ledger, hook: Callable[..., object], event: PaymentEvent, owner: str, note: str | None,
                    source: str) -> Flow:
     """A transactional hook: ``hook(event, tx)`` and the done mark in one ledger transaction (see
     ``Ledger.run_in_transaction``). A failure of either rolls back both, so a retry is always right."""
-    ledger = alipay.ledger
     started: list[bool] = []
 
     def work(tx: Any) -> None:
@@ -98,7 +96,7 @@ def _transactional(alipay: Alipay, hook: Callable[..., Any], event: PaymentEvent
         hook(event, tx)
 
     try:
-        landed = yield Call(ledger.run_in_transaction, (event.key, owner, work, note))
+        landed = yield from step(ledger.run_in_transaction, event.key, owner, work, note)
     except HookFailed as exc:
         cause = exc.__cause__ or exc
         log.error("alipay %s failed reason=hook_failed status=500 key=%s attempt=%d error=%s (rolled back)",
@@ -116,7 +114,7 @@ def _transactional(alipay: Alipay, hook: Callable[..., Any], event: PaymentEvent
     if not landed:
         # The lease is no longer ours (it ran out and a copy retook it, or an operator intervened): nothing
         # ran. Whoever holds it now answers for the event.
-        if (yield Call(ledger.is_done, (event.key,))):
+        if (yield from step(ledger.is_done, event.key)):
             return DUPLICATE
         log.warning("alipay %s busy reason=lease_lost key=%s", source, event.key)
         return Answer(503, "lease_lost", headers=_TEXT + (("Retry-After", "1"),))
@@ -125,9 +123,9 @@ def _transactional(alipay: Alipay, hook: Callable[..., Any], event: PaymentEvent
     return SUCCESS
 
 
-def _release(ledger: Any, event: PaymentEvent, owner: str, error: str) -> Steps[None]:
+def _release(ledger: Ledger, event: PaymentEvent, owner: str, error: str) -> Steps[None]:
     try:
-        yield Call(ledger.fail, (event.key, owner, error))
+        yield from step(ledger.fail, event.key, owner, error)
     except LedgerUnavailable:
         pass  # the lease runs out by itself and a resend retakes it
 
