@@ -3,6 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import RejectionReason
+
+#: Every reason code the notify path answers with (and the operator's ``replay``): the refusals of
+#: :data:`~alipay_middleware.errors.RejectionReason` and the callback core's own. The README's table
+#: "What the notify path answers" is checked against this list.
+Reason = Literal[
+    RejectionReason,
+    # before the body is read, and while it is
+    "method_not_allowed", "bad_content_length", "body_too_large", "incomplete_body",
+    # accepted: processed now, or before
+    "ok", "already_done",
+    # come back later (503): the event or its trade is leased, the ledger is down, the done mark is pending
+    "in_progress", "lease_lost", "ledger_unavailable", "finish_pending", "commit_failed",
+    # failed (500): recorded with the traceback, and retried on the next copy
+    "order_amount_failed", "hook_failed", "ledger_failed", "internal_error",
+]
 
 _TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
@@ -12,7 +30,7 @@ class Answer:
     """What the notify path sends back. Only a 200 carries the 7 bytes ``success``."""
 
     status: int
-    reason: str
+    reason: Reason
     body: bytes = b"fail"
     headers: tuple[tuple[str, str], ...] = _TEXT
 

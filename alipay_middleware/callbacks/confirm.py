@@ -6,11 +6,11 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Literal
 
 from ..errors import AlipayError
-from ..events import CLOSED, PAID, PaymentEvent
-from .answers import SUCCESS
+from ..events import CLOSED, PAID, Kind, PaymentEvent
+from .answers import SUCCESS, Reason
 from .ports import FlowPort, TradeAnswer
 from .process import process
 from .steps import Steps, step
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("alipay_middleware")
 
 #: Why a return was not confirmed: every ``return_checks`` slot was taken.
-CHECKS_FULL = "return_checks_full"
+CHECKS_FULL: Final = "return_checks_full"
+#: What a confirmation found and did: see :class:`Confirmation`.
+Outcome = Literal[Reason, "already_paid", "processed", "not_paid", "error", "return_checks_full"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Confirmation:
     out_trade_no: str
     trade_status: str | None
     paid: bool | None
-    outcome: str
+    outcome: Outcome
 
 
 def confirm_flow(port: FlowPort, out_trade_no: str, source: str,
@@ -69,7 +71,7 @@ def confirm_flow(port: FlowPort, out_trade_no: str, source: str,
         return Confirmation(out_trade_no, query.trade_status, query.paid, "not_paid")
     raw = json.dumps(query.raw, ensure_ascii=False, default=str).encode("utf-8")
     answer = yield from process(port, event, raw, "utf-8", source)
-    outcome = "processed" if answer is SUCCESS else answer.reason
+    outcome: Outcome = "processed" if answer is SUCCESS else answer.reason
     return Confirmation(out_trade_no, query.trade_status, event.kind == PAID, outcome)
 
 
@@ -83,6 +85,7 @@ def query_event(protocol: Protocol, query: TradeAnswer) -> PaymentEvent | None:
     """
     if not query.exists or not query.out_trade_no:
         return None
+    kind: Kind
     if query.paid:
         kind = PAID
     elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:

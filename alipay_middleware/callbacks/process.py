@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import HookFailed, LedgerUnavailable
 from ..events import CLOSED, PaymentEvent
 from ..ledger.base import ALREADY_DONE, BUSY, Ledger
-from .answers import _TEXT, DUPLICATE, SUCCESS, Answer
+from .answers import _TEXT, DUPLICATE, SUCCESS, Answer, Reason
 from .ports import FlowPort
 from .steps import Flow, Steps, step
 
@@ -38,11 +38,11 @@ def process(port: FlowPort, event: PaymentEvent, raw: bytes, charset: str, sourc
     event = replace(event, attempt=claim.attempt)
 
     # From here on we hold the lease: every way out releases it (done, rejected or failed).
-    stage = "ledger"
+    failure: Reason = "ledger_failed"
     order_amount = port.order_amount_fn
     try:
         if order_amount is not None and event.out_trade_no:
-            stage = "order_amount"
+            failure = "order_amount_failed"
             expected = yield from step(order_amount, event.out_trade_no)
             problem = protocol.amount_problem(expected, event)
             if problem is not None:
@@ -53,7 +53,7 @@ def process(port: FlowPort, event: PaymentEvent, raw: bytes, charset: str, sourc
         note = None
         hook = port.hooks.get(event.kind)
         if event.kind == CLOSED:
-            stage = "ledger"
+            failure = "ledger_failed"
             if (yield from step(ledger.is_done, protocol.paid_key(event))):
                 # A trade closes unpaid or fully refunded (the latter is a refund event). A "closed"
                 # after "paid" is stale: state never goes backwards.
@@ -62,17 +62,16 @@ def process(port: FlowPort, event: PaymentEvent, raw: bytes, charset: str, sourc
             answer = yield from _transactional(ledger, hook.fn, event, owner, note, source)
             return answer
         if hook is not None:
-            stage = "hook"
+            failure = "hook_failed"
             yield from step(hook.fn, event)
     except LedgerUnavailable as exc:
         yield from _release(ledger, event, owner, "ledger unavailable")
         return unavailable(source, event, exc)
     except Exception as exc:
-        reason = f"{stage}_failed"
         log.error("alipay %s failed reason=%s status=500 key=%s attempt=%d error=%s",
-                  source, reason, event.key, event.attempt, type(exc).__name__, exc_info=True)
+                  source, failure, event.key, event.attempt, type(exc).__name__, exc_info=True)
         yield from _release(ledger, event, owner, traceback.format_exc())
-        return Answer(500, reason)
+        return Answer(500, failure)
     # The hook returned: from here on the event is never released for another run. The done mark is
     # retried until it lands (ledger/pending.py); meanwhile this worker keeps the lease and copies get 503.
     if not (yield from step(port.finishes.finish, event.key, note)):
@@ -107,7 +106,7 @@ def _transactional(ledger: Ledger, hook: Callable[..., object], event: PaymentEv
         # Before the hook: the ledger is down. After it: the commit failed, so nothing of the hook's effect
         # landed and a retry is right (a release only touches a row still received under this owner, so a
         # commit that did land, its acknowledgement lost, is left done).
-        reason = "commit_failed" if started else "ledger_unavailable"
+        reason: Reason = "commit_failed" if started else "ledger_unavailable"
         log.error("alipay %s deferred reason=%s status=503 key=%s error=%s", source, reason, event.key, exc)
         yield from _release(ledger, event, owner, f"{reason}: {exc}")
         return Answer(503, reason)

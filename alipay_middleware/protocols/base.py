@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from ..errors import Rejection
-from ..events import PAID, PaymentEvent, ReturnResult
+from ..errors import Rejection, RejectionReason
+from ..events import PAID, Kind, PaymentEvent, ReturnResult
 from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_charset
 from ..wire.signing import Verifier, sign_string
 
@@ -73,7 +73,7 @@ class Protocol(ABC):
         """Raise :class:`Rejection` unless the browser return's signature verifies."""
 
     @abstractmethod
-    def recipient_problem(self, fields: Mapping[str, str]) -> str | None:
+    def recipient_problem(self, fields: Mapping[str, str]) -> RejectionReason | None:
         """A reason code when a verified message is addressed to another app or seller."""
 
     @abstractmethod
@@ -105,7 +105,7 @@ class Protocol(ABC):
     def check_origin(self, answer: bytes) -> None:  # noqa: B027 - nothing to check without an origin URL
         """Raise :class:`Rejection` unless ``answer`` (the body behind :meth:`origin_url`) accepts."""
 
-    def amount_problem(self, expected: object, event: PaymentEvent) -> str | None:
+    def amount_problem(self, expected: object, event: PaymentEvent) -> RejectionReason | None:
         """A reason code when the event's amount does not match ``order_amount``'s answer."""
         if expected is None:
             return "unknown_order"
@@ -117,7 +117,7 @@ class Protocol(ABC):
             return "amount_mismatch"
         return None
 
-    def key(self, kind: str, *parts: str) -> str:
+    def key(self, kind: Kind, *parts: str) -> str:
         """A dedupe key, namespaced by the merchant: ``paid:<app_id>:<out_trade_no>`` and the like."""
         return ":".join((kind, self.account, *parts))
 
