@@ -16,12 +16,16 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .callbacks.flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
+from .callbacks.confirm import Confirmation, confirm_flow
+from .callbacks.flow import notify_flow, return_flow
+from .callbacks.memory import VerifiedIds
+from .callbacks.steps import Flow, Steps
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
 from .gateway.aio import AsyncAlipayClient
 from .gateway.client import AlipayClient
 from .gateway.factory import client_for
 from .gateway.legacy_client import LegacyClient
+from .gateway.transport import notify_verify
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
 from .protocols.helper import check_allowed_hosts, check_base_url
@@ -273,6 +277,10 @@ class Alipay:
     def lease_owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
+    def ask_origin(self, url: str, timeout: float) -> bytes:
+        """The origin check's call (the legacy ``notify_verify``), through the configured proxy: Alipay's answer."""
+        return notify_verify(url, timeout, self.config.proxy)
+
     def start(self) -> None:
         """Once, at the first request: say what is not configured that a shop would regret."""
         with self._lock:
@@ -313,7 +321,7 @@ class Alipay:
 
         For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
-        returns one :class:`~alipay_middleware.callbacks.flow.Confirmation` per order.
+        returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order.
         """
         from .fronts.drive import await_if_needed, run_flow
 

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay, Ledger
-from alipay_middleware.callbacks.flow import INTERNAL_ERROR, replay_flow
+from alipay_middleware.callbacks.answers import INTERNAL_ERROR
+from alipay_middleware.callbacks.flow import replay_flow
 from alipay_middleware.errors import LedgerUnavailable, TransactionControlRefused
 from alipay_middleware.fronts.drive import run_flow
 from alipay_middleware.ledger import DONE, FAILED, RECEIVED, SQLiteLedger

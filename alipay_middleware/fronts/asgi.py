@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..alipay import Alipay
-from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, precheck
+from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow_in_thread
 

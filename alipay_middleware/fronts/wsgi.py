@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
 from ..alipay import Alipay
-from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
+from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow
 
