@@ -54,7 +54,6 @@ transaction; no session state is left on it, and :meth:`PostgresLedger.close` le
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import re
@@ -62,7 +61,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 try:
@@ -93,6 +92,7 @@ from .base import (
     chunks,
 )
 from .guard import TransactionGuard
+from .rows import COLUMNS, TIMESTAMPTZ, event_row
 
 # Index names are "<table>_<suffix>"; PostgreSQL silently truncates names past 63 bytes, and with
 # CREATE INDEX IF NOT EXISTS two truncated names could collide into one missing index, so the table
@@ -105,11 +105,6 @@ _INDEXES = {  # suffix -> columns
     "order": ("out_trade_no",),
     "received": ("received_at",),
 }
-_FIELDS = (
-    "dedupe_key", "trade_key", "kind", "status", "out_trade_no", "trade_no", "trade_status", "notify_id",
-    "charset", "raw_body", "fields", "reason", "error", "attempts", "received_at", "updated_at",
-    "lease_owner", "lease_until",
-)
 _PRUNE_BATCH = 500
 
 
@@ -500,7 +495,7 @@ class PostgresLedger(Ledger):
 
     def claim(self, event: PaymentEvent, raw_body: bytes, charset: str, owner: str, lease: float) -> Claim:
         q = self._q
-        row = _row(event, raw_body, charset, RECEIVED)
+        row = event_row(event, raw_body, charset, RECEIVED)
         args = (*row[:3], *row[4:], owner, lease, q.lock_key(event.trade_key), q.lock_timeout)
         with self._tx(single=True) as cur:
             state, attempt, retry_after = _one(cur.execute(q.claim, args))
@@ -567,7 +562,7 @@ class PostgresLedger(Ledger):
 
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
-        row = _row(event, raw_body, charset, REJECTED)
+        row = event_row(event, raw_body, charset, REJECTED)
         keys = (f"{FOREIGN_PREFIX}{ident}", f"{FOREIGN_PREFIX}{event.trade_key}")
         with self._tx(single=True) as cur:
             cur.execute(self._q.insert_foreign, (*keys, *row[2:], reason))
@@ -580,7 +575,7 @@ class PostgresLedger(Ledger):
     def get(self, key: str) -> StoredEvent | None:
         with self._tx(single=True) as cur:
             row = cur.execute(self._q.get, (key,)).fetchone()
-        return _stored(row) if row is not None else None
+        return TIMESTAMPTZ.stored(row) if row is not None else None
 
     def events(self, status: str | None = None, out_trade_no: str | None = None,
                limit: int = 100) -> list[StoredEvent]:
@@ -599,7 +594,7 @@ class PostgresLedger(Ledger):
         args.append(limit if limit >= 0 else None)
         with self._tx(single=True) as cur:
             rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
-        return [_stored(row) for row in rows]
+        return [TIMESTAMPTZ.stored(row) for row in rows]
 
     # -- the operator's tools ---------------------------------------------------------------------
 
@@ -622,7 +617,7 @@ class PostgresLedger(Ledger):
         while True:
             with self._tx(single=True) as cur:
                 rows = cur.execute(self._q.export, (after, batch)).fetchall()
-            yield from (_stored(row[1:]) for row in rows)  # outside the transaction
+            yield from (TIMESTAMPTZ.stored(row[1:]) for row in rows)  # outside the transaction
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -634,7 +629,8 @@ class PostgresLedger(Ledger):
             with self._tx() as cur:
                 for lock in sorted({q.lock_key(stored.trade_key) for stored in chunk}):  # trade locks first
                     cur.execute(q.lock_trade, (lock,))
-                added = sum(cur.execute(q.insert_stored, _values(stored)).fetchone() is not None for stored in chunk)
+                added = sum(cur.execute(q.insert_stored, TIMESTAMPTZ.values(stored)).fetchone() is not None
+                            for stored in chunk)
             inserted, skipped = inserted + added, skipped + len(chunk) - added
         return inserted, skipped
 
@@ -660,38 +656,6 @@ def _one(cur: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
     return row
 
 
-def _row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tuple[Any, ...]:
-    return (
-        event.key, event.trade_key, event.kind, status, event.out_trade_no, event.trade_no,
-        event.trade_status, event.notify_id, charset, raw_body,
-        json.dumps(event.raw, ensure_ascii=False, sort_keys=True),
-    )
-
-
-def _values(e: StoredEvent) -> tuple[Any, ...]:
-    """A stored event as the values of :data:`_FIELDS`."""
-    return (
-        e.key, e.trade_key, e.kind, e.status, e.out_trade_no, e.trade_no, e.trade_status, e.notify_id, e.charset,
-        e.raw_body, json.dumps(e.fields, ensure_ascii=False, sort_keys=True), e.reason, e.error, e.attempts,
-        check_aware(e.received_at), check_aware(e.updated_at), e.lease_owner,
-        check_aware(e.lease_until) if e.lease_until is not None else None,
-    )
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(timezone.utc)
-
-
-def _stored(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(
-        key=row[0], trade_key=row[1], kind=row[2], status=row[3], out_trade_no=row[4], trade_no=row[5],
-        trade_status=row[6], notify_id=row[7], charset=row[8],
-        raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
-        reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
-        lease_owner=row[16], lease_until=_utc(row[17]) if row[17] is not None else None,
-    )
-
-
 class _Queries:
     """Every statement, composed once per ledger with the quoted table name."""
 
@@ -699,12 +663,12 @@ class _Queries:
         t = sql.Identifier(schema, table)
         self.qualified = t.as_string()
         self._lock_namespace = f"{schema}.{table}".encode()
-        columns = sql.SQL(", ").join(map(sql.Identifier, _FIELDS[:16]))
+        columns = sql.SQL(", ").join(map(sql.Identifier, COLUMNS[:16]))
         # fields as text, parsed here: the result does not depend on the JSON loaders a pool registers.
         selected = sql.SQL(", ").join(
-            sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in _FIELDS
+            sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in COLUMNS
         )
-        values = sql.SQL(", ").join(sql.SQL("%s::jsonb" if name == "fields" else "%s") for name in _FIELDS[:11])
+        values = sql.SQL(", ").join(sql.SQL("%s::jsonb" if name == "fields" else "%s") for name in COLUMNS[:11])
         self.lock_timeout = f"{max(1, round(lock_timeout * 1000))}ms"
         self.set_lock_timeout = sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(self.lock_timeout))
         self.set_session_lock_timeout = sql.SQL("SET lock_timeout = {}").format(sql.Literal(self.lock_timeout))

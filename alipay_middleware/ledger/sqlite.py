@@ -10,7 +10,6 @@ gunicorn workers. A writer that cannot get the lock within ``busy_timeout`` seco
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -19,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..errors import HookFailed, LedgerUnavailable
@@ -41,6 +40,7 @@ from .base import (
     chunks,
 )
 from .guard import TransactionGuard
+from .rows import EPOCH, event_row
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = (
@@ -63,10 +63,6 @@ def _early(row: tuple[Any, ...] | None, now: float) -> Claim | None:
 
 class _LeaseLost(Exception):
     """The event is no longer ``received`` under this owner's lease: roll back, run nothing."""
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
 
 
 def _mode(path: str) -> int | None:
@@ -262,7 +258,7 @@ class SQLiteLedger(Ledger):
                 db.execute(
                     f"INSERT INTO {t} ({_COLUMNS}, lease_owner, lease_until) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?)",
-                    (*self._row(event, raw_body, charset, RECEIVED), now, now, owner, now + lease),
+                    (*event_row(event, raw_body, charset, RECEIVED), now, now, owner, now + lease),
                 )
                 return Claim(CLAIMED, attempt=1)
             (attempts,) = db.execute(
@@ -271,14 +267,6 @@ class SQLiteLedger(Ledger):
                 (RECEIVED, owner, now + lease, now, event.key),
             ).fetchone()
             return Claim(CLAIMED, attempt=attempts)
-
-    @staticmethod
-    def _row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tuple[Any, ...]:
-        return (
-            event.key, event.trade_key, event.kind, status, event.out_trade_no, event.trade_no,
-            event.trade_status, event.notify_id, charset, raw_body,
-            json.dumps(event.raw, ensure_ascii=False, sort_keys=True),
-        )
 
     def finish(self, key: str, note: str | None = None) -> None:
         with self._tx() as db:
@@ -344,7 +332,7 @@ class SQLiteLedger(Ledger):
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
         foreign = f"{FOREIGN_PREFIX}{ident}"
         now = time.time()
-        row = self._row(event, raw_body, charset, REJECTED)
+        row = event_row(event, raw_body, charset, REJECTED)
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO {self.table} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?) "
@@ -357,19 +345,10 @@ class SQLiteLedger(Ledger):
             row = db.execute(f"SELECT status FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
         return row is not None and row[0] == DONE
 
-    def _stored(self, row: tuple[Any, ...]) -> StoredEvent:
-        return StoredEvent(
-            key=row[0], trade_key=row[1], kind=row[2], status=row[3], out_trade_no=row[4], trade_no=row[5],
-            trade_status=row[6], notify_id=row[7], charset=row[8],
-            raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
-            reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
-            lease_owner=row[16], lease_until=_utc(row[17]) if row[17] is not None else None,
-        )
-
     def get(self, key: str) -> StoredEvent | None:
         with self._tx(write=False) as db:
             row = db.execute(f"SELECT {_SELECTED} FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
-        return self._stored(row) if row is not None else None
+        return EPOCH.stored(row) if row is not None else None
 
     def events(self, status: str | None = None, out_trade_no: str | None = None,
                limit: int = 100) -> list[StoredEvent]:
@@ -386,7 +365,7 @@ class SQLiteLedger(Ledger):
         sql += " ORDER BY id DESC LIMIT ?"
         with self._tx(write=False) as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
-        return [self._stored(row) for row in rows]
+        return [EPOCH.stored(row) for row in rows]
 
     # -- the operator's tools ---------------------------------------------------------------------
 
@@ -416,7 +395,7 @@ class SQLiteLedger(Ledger):
             with self._tx(write=False) as db:
                 rows = db.execute(f"SELECT id, {_SELECTED} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
                                   (after, batch)).fetchall()
-            yield from (self._stored(row[1:]) for row in rows)  # outside the transaction
+            yield from (EPOCH.stored(row[1:]) for row in rows)  # outside the transaction
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -427,7 +406,7 @@ class SQLiteLedger(Ledger):
             with self._tx() as db:
                 added = sum(db.execute(
                     f"INSERT INTO {self.table} ({_SELECTED}) VALUES ({', '.join('?' * 18)}) "
-                    "ON CONFLICT (dedupe_key) DO NOTHING", _values(stored)).rowcount for stored in chunk)
+                    "ON CONFLICT (dedupe_key) DO NOTHING", EPOCH.values(stored)).rowcount for stored in chunk)
             inserted, skipped = inserted + added, skipped + len(chunk) - added
         return inserted, skipped
 
@@ -442,16 +421,6 @@ class SQLiteLedger(Ledger):
                         pass
             self._connections.clear()
         self._local = threading.local()
-
-
-def _values(e: StoredEvent) -> tuple[Any, ...]:
-    """A stored event as the values of :data:`_SELECTED`."""
-    return (
-        e.key, e.trade_key, e.kind, e.status, e.out_trade_no, e.trade_no, e.trade_status, e.notify_id, e.charset,
-        e.raw_body, json.dumps(e.fields, ensure_ascii=False, sort_keys=True), e.reason, e.error, e.attempts,
-        check_aware(e.received_at).timestamp(), check_aware(e.updated_at).timestamp(), e.lease_owner,
-        check_aware(e.lease_until).timestamp() if e.lease_until is not None else None,
-    )
 
 
 __all__ = ["SQLiteLedger", "RECEIVED", "DONE", "FAILED", "REJECTED"]
