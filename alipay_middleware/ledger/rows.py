@@ -17,17 +17,16 @@ from ..events import PaymentEvent
 from .base import StoredEvent, check_aware
 
 #: Every column but ``id``, in the order of the statements' column lists and of the tuples below; the
-#: first :data:`EVENT_COLUMNS` are those of :func:`event_row`.
+#: first eleven are those of :func:`event_row`.
 COLUMNS = (
     "dedupe_key", "trade_key", "kind", "status", "out_trade_no", "trade_no", "trade_status", "notify_id",
     "charset", "raw_body", "fields", "reason", "error", "attempts", "received_at", "updated_at",
     "lease_owner", "lease_until",
 )
-EVENT_COLUMNS = 11
 
 
 def event_row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tuple[Any, ...]:
-    """What a ledger stores of a new event: the values of the first :data:`EVENT_COLUMNS` columns."""
+    """What a ledger stores of a new event: the values of the first eleven :data:`COLUMNS`."""
     return (
         event.key, event.trade_key, event.kind, status, event.out_trade_no, event.trade_no,
         event.trade_status, event.notify_id, charset, raw_body,
