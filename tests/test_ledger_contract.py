@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ledger_events import BODY, OTHER_TRADE, PAID, REFUND, event
 
 from alipay_middleware.ledger import (
     ALREADY_DONE,
@@ -31,6 +30,7 @@ from alipay_middleware.ledger import (
     open_ledger,
 )
 from conftest import drop_postgres_table
+from ledger_events import BODY, OTHER_TRADE, PAID, REFUND, event
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

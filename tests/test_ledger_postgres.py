@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ledger_events import BODY, OTHER_TRADE, PAID, REFUND, event
 
 from alipay_middleware.errors import LedgerUnavailable
 from alipay_middleware.ledger import ALREADY_DONE, BUSY, CLAIMED, DONE, FAILED, RECEIVED, REJECTED, Ledger, SQLiteLedger
+from ledger_events import BODY, OTHER_TRADE, PAID, REFUND, event
 
 POSTGRES = os.environ.get("ALIPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
