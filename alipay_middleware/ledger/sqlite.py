@@ -4,13 +4,13 @@ WAL mode with ``synchronous=FULL``: a commit is on disk before the call returns,
 before its hook survives a crash. Each thread of each process has its own connection (reopened after a
 fork); writers serialise on ``BEGIN IMMEDIATE``, which is what makes claim-or-busy atomic between
 gunicorn workers. A writer that cannot get the lock within ``busy_timeout`` seconds gets
-:class:`LedgerUnavailable`, which the notify path answers with a retryable 503.
+:class:`LedgerUnavailable`, which the notify path answers with a retryable 503. The statements are in
+``sql/sqlite_schema.sql`` and ``sql/sqlite_queries.sql`` beside this module.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ..errors import HookFailed, LedgerUnavailable
@@ -41,14 +41,10 @@ from .base import (
     chunks,
 )
 from .guard import TransactionGuard
+from .rows import COLUMNS, EPOCH, event_row
+from .statements import load_statements
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COLUMNS = (
-    "dedupe_key, trade_key, kind, status, out_trade_no, trade_no, trade_status, notify_id, charset, "
-    "raw_body, fields, reason, error, attempts, received_at, updated_at"
-)
-_SELECTED = f"{_COLUMNS}, lease_owner, lease_until"
-_PRUNABLE = "status = ? AND updated_at < ? AND raw_body IS NOT NULL"
 _PRUNE_BATCH = 500
 
 
@@ -63,10 +59,6 @@ def _early(row: tuple[Any, ...] | None, now: float) -> Claim | None:
 
 class _LeaseLost(Exception):
     """The event is no longer ``received`` under this owner's lease: roll back, run nothing."""
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, timezone.utc)
 
 
 def _mode(path: str) -> int | None:
@@ -120,6 +112,7 @@ class SQLiteLedger(Ledger):
         # (pid, connection): a forked child must neither use nor close its parent's connections.
         self._connections: list[tuple[int, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
+        self._q = _Queries(table)
         if not self._memory:
             _prepare_file(path)
         try:
@@ -206,95 +199,42 @@ class SQLiteLedger(Ledger):
             pass
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
-        t = self.table
-        db.execute(
-            f"""CREATE TABLE IF NOT EXISTS {t} (
-                id INTEGER PRIMARY KEY,
-                dedupe_key TEXT NOT NULL UNIQUE,
-                trade_key TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                status TEXT NOT NULL,
-                out_trade_no TEXT NOT NULL,
-                trade_no TEXT NOT NULL,
-                trade_status TEXT NOT NULL,
-                notify_id TEXT NOT NULL,
-                charset TEXT NOT NULL,
-                raw_body BLOB,
-                fields TEXT NOT NULL,
-                reason TEXT,
-                error TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                lease_owner TEXT,
-                lease_until REAL,
-                received_at REAL NOT NULL,
-                updated_at REAL NOT NULL
-            )"""
-        )
-        db.execute(f"CREATE INDEX IF NOT EXISTS {t}_trade ON {t} (trade_key, status)")
-        db.execute(f"CREATE INDEX IF NOT EXISTS {t}_status ON {t} (status, updated_at)")
-        db.execute(f"CREATE INDEX IF NOT EXISTS {t}_order ON {t} (out_trade_no)")
+        for statement in load_statements("sqlite_schema").values():
+            db.execute(statement.format(table=self.table))
 
     # -- the interface -----------------------------------------------------------------------------
 
     def claim(self, event: PaymentEvent, raw_body: bytes, charset: str, owner: str, lease: float) -> Claim:
-        t = self.table
-        select = f"SELECT status, lease_until FROM {t} WHERE dedupe_key = ?"
+        q = self._q
         # A copy of a done event, or of one whose hook is running, is answered from a read, without
         # queueing for the write lock behind other events' commits; done is final, so this is safe.
         with self._tx(write=False) as db:
-            early = _early(db.execute(select, (event.key,)).fetchone(), time.time())
+            early = _early(db.execute(q.claim_read, (event.key,)).fetchone(), time.time())
         if early is not None:
             return early
         now = time.time()
         with self._tx() as db:
-            row = db.execute(select, (event.key,)).fetchone()
+            row = db.execute(q.claim_read, (event.key,)).fetchone()
             early = _early(row, now)
             if early is not None:
                 return early
-            (other,) = db.execute(
-                f"SELECT MAX(lease_until) FROM {t} WHERE trade_key = ? AND status = ? AND lease_until > ? "
-                "AND dedupe_key <> ?",
-                (event.trade_key, RECEIVED, now, event.key),
-            ).fetchone()
+            (other,) = db.execute(q.trade_lease, (event.trade_key, RECEIVED, now, event.key)).fetchone()
             if other is not None:
                 return Claim(BUSY, retry_after=other - now)
             if row is None:
-                db.execute(
-                    f"INSERT INTO {t} ({_COLUMNS}, lease_owner, lease_until) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, 1, ?, ?, ?, ?)",
-                    (*self._row(event, raw_body, charset, RECEIVED), now, now, owner, now + lease),
-                )
+                db.execute(q.insert_claimed,
+                           (*event_row(event, raw_body, charset, RECEIVED), now, now, owner, now + lease))
                 return Claim(CLAIMED, attempt=1)
-            (attempts,) = db.execute(
-                f"UPDATE {t} SET status = ?, lease_owner = ?, lease_until = ?, attempts = attempts + 1, "
-                "updated_at = ? WHERE dedupe_key = ? RETURNING attempts",
-                (RECEIVED, owner, now + lease, now, event.key),
-            ).fetchone()
+            (attempts,) = db.execute(q.retake, (RECEIVED, owner, now + lease, now, event.key)).fetchone()
             return Claim(CLAIMED, attempt=attempts)
-
-    @staticmethod
-    def _row(event: PaymentEvent, raw_body: bytes, charset: str, status: str) -> tuple[Any, ...]:
-        return (
-            event.key, event.trade_key, event.kind, status, event.out_trade_no, event.trade_no,
-            event.trade_status, event.notify_id, charset, raw_body,
-            json.dumps(event.raw, ensure_ascii=False, sort_keys=True),
-        )
 
     def finish(self, key: str, note: str | None = None) -> None:
         with self._tx() as db:
-            db.execute(
-                f"UPDATE {self.table} SET status = ?, lease_owner = NULL, lease_until = NULL, error = NULL, "
-                "reason = ?, updated_at = ? WHERE dedupe_key = ?",
-                (DONE, note, time.time(), key),
-            )
+            db.execute(self._q.finish, (DONE, note, time.time(), key))
 
     def _release(self, key: str, owner: str, status: str, reason: str | None, error: str | None) -> None:
         with self._tx() as db:
-            db.execute(
-                f"UPDATE {self.table} SET status = ?, reason = ?, error = ?, lease_owner = NULL, "
-                "lease_until = NULL, updated_at = ? WHERE dedupe_key = ? AND status = ? AND lease_owner = ?",
-                (status, reason, error, time.time(), key, RECEIVED, owner),
-            )
+            db.execute(self._q.release, (status, reason, error, time.time(), key, RECEIVED, owner))
 
     def fail(self, key: str, owner: str, error: str) -> None:
         self._release(key, owner, FAILED, None, error)
@@ -316,8 +256,7 @@ class SQLiteLedger(Ledger):
             raise NotImplementedError(self.transactions_unsupported())
         try:
             with self._tx() as db:
-                row = db.execute(f"SELECT status, lease_owner FROM {self.table} WHERE dedupe_key = ?",
-                                 (key,)).fetchone()
+                row = db.execute(self._q.lease_of, (key,)).fetchone()
                 if row is None or row[0] != RECEIVED or row[1] != owner:
                     raise _LeaseLost
                 guard = TransactionGuard(db)
@@ -329,11 +268,7 @@ class SQLiteLedger(Ledger):
                     raise HookFailed(f"{type(exc).__name__}: {exc}") from exc
                 finally:
                     guard._end()
-                done = db.execute(
-                    f"UPDATE {self.table} SET status = ?, lease_owner = NULL, lease_until = NULL, error = NULL, "
-                    "reason = ?, updated_at = ? WHERE dedupe_key = ? AND status = ? AND lease_owner = ?",
-                    (DONE, note, time.time(), key, RECEIVED, owner),
-                ).rowcount
+                done = db.execute(self._q.finish_owned, (DONE, note, time.time(), key, RECEIVED, owner)).rowcount
                 if done != 1:  # pragma: no cover - the write lock kept the row as it was read above
                     raise _LeaseLost
         except _LeaseLost:
@@ -344,32 +279,20 @@ class SQLiteLedger(Ledger):
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
         foreign = f"{FOREIGN_PREFIX}{ident}"
         now = time.time()
-        row = self._row(event, raw_body, charset, REJECTED)
+        row = event_row(event, raw_body, charset, REJECTED)
         with self._tx() as db:
-            db.execute(
-                f"INSERT INTO {self.table} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?) "
-                "ON CONFLICT (dedupe_key) DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at",
-                (foreign, f"{FOREIGN_PREFIX}{event.trade_key}", *row[2:], reason, now, now),
-            )
+            db.execute(self._q.insert_foreign,
+                       (foreign, f"{FOREIGN_PREFIX}{event.trade_key}", *row[2:], reason, now, now))
 
     def is_done(self, key: str) -> bool:
         with self._tx(write=False) as db:
-            row = db.execute(f"SELECT status FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
+            row = db.execute(self._q.status, (key,)).fetchone()
         return row is not None and row[0] == DONE
-
-    def _stored(self, row: tuple[Any, ...]) -> StoredEvent:
-        return StoredEvent(
-            key=row[0], trade_key=row[1], kind=row[2], status=row[3], out_trade_no=row[4], trade_no=row[5],
-            trade_status=row[6], notify_id=row[7], charset=row[8],
-            raw_body=bytes(row[9]) if row[9] is not None else None, fields=json.loads(row[10]),
-            reason=row[11], error=row[12], attempts=row[13], received_at=_utc(row[14]), updated_at=_utc(row[15]),
-            lease_owner=row[16], lease_until=_utc(row[17]) if row[17] is not None else None,
-        )
 
     def get(self, key: str) -> StoredEvent | None:
         with self._tx(write=False) as db:
-            row = db.execute(f"SELECT {_SELECTED} FROM {self.table} WHERE dedupe_key = ?", (key,)).fetchone()
-        return self._stored(row) if row is not None else None
+            row = db.execute(self._q.get, (key,)).fetchone()
+        return EPOCH.stored(row) if row is not None else None
 
     def events(self, status: str | None = None, out_trade_no: str | None = None,
                limit: int = 100) -> list[StoredEvent]:
@@ -380,32 +303,26 @@ class SQLiteLedger(Ledger):
         if out_trade_no is not None:
             where.append("out_trade_no = ?")
             args.append(out_trade_no)
-        sql = f"SELECT {_SELECTED} FROM {self.table}"
+        sql = self._q.select
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
         with self._tx(write=False) as db:
             rows = db.execute(sql, (*args, limit)).fetchall()
-        return [self._stored(row) for row in rows]
+        return [EPOCH.stored(row) for row in rows]
 
     # -- the operator's tools ---------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
-        t, cutoff = self.table, check_aware(before).timestamp()
+        cutoff = check_aware(before).timestamp()
         if dry_run:
             with self._tx(write=False) as db:
-                (count,) = db.execute(f"SELECT count(*) FROM {t} WHERE {_PRUNABLE}", (DONE, cutoff)).fetchone()
+                (count,) = db.execute(self._q.count_prunable, (DONE, cutoff)).fetchone()
             return int(count)
-        keep = ", ".join("?" * len(PRUNE_KEEP))
         pruned = 0
         while True:  # short transactions: resends of the events being pruned are not kept waiting
             with self._tx() as db:
-                batch = db.execute(
-                    f"UPDATE {t} SET raw_body = NULL, fields = (SELECT json_group_object(key, value) "
-                    f"FROM json_each({t}.fields) WHERE key IN ({keep})) "
-                    f"WHERE id IN (SELECT id FROM {t} WHERE {_PRUNABLE} ORDER BY id LIMIT ?)",
-                    (*PRUNE_KEEP, DONE, cutoff, _PRUNE_BATCH),
-                ).rowcount
+                batch = db.execute(self._q.prune, (*PRUNE_KEEP, DONE, cutoff, _PRUNE_BATCH)).rowcount
             pruned += batch
             if batch < _PRUNE_BATCH:
                 return pruned
@@ -414,9 +331,8 @@ class SQLiteLedger(Ledger):
         after = 0
         while True:
             with self._tx(write=False) as db:
-                rows = db.execute(f"SELECT id, {_SELECTED} FROM {self.table} WHERE id > ? ORDER BY id LIMIT ?",
-                                  (after, batch)).fetchall()
-            yield from (self._stored(row[1:]) for row in rows)  # outside the transaction
+                rows = db.execute(self._q.export, (after, batch)).fetchall()
+            yield from (EPOCH.stored(row[1:]) for row in rows)  # outside the transaction
             if len(rows) < batch:
                 return
             after = rows[-1][0]
@@ -425,9 +341,7 @@ class SQLiteLedger(Ledger):
         inserted = skipped = 0
         for chunk in chunks(events, batch):
             with self._tx() as db:
-                added = sum(db.execute(
-                    f"INSERT INTO {self.table} ({_SELECTED}) VALUES ({', '.join('?' * 18)}) "
-                    "ON CONFLICT (dedupe_key) DO NOTHING", _values(stored)).rowcount for stored in chunk)
+                added = sum(db.execute(self._q.insert_stored, EPOCH.values(stored)).rowcount for stored in chunk)
             inserted, skipped = inserted + added, skipped + len(chunk) - added
         return inserted, skipped
 
@@ -444,14 +358,28 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
 
 
-def _values(e: StoredEvent) -> tuple[Any, ...]:
-    """A stored event as the values of :data:`_SELECTED`."""
-    return (
-        e.key, e.trade_key, e.kind, e.status, e.out_trade_no, e.trade_no, e.trade_status, e.notify_id, e.charset,
-        e.raw_body, json.dumps(e.fields, ensure_ascii=False, sort_keys=True), e.reason, e.error, e.attempts,
-        check_aware(e.received_at).timestamp(), check_aware(e.updated_at).timestamp(), e.lease_owner,
-        check_aware(e.lease_until).timestamp() if e.lease_until is not None else None,
-    )
+class _Queries:
+    """Every statement of ``sql/sqlite_queries.sql``, with the table's name filled in."""
+
+    def __init__(self, table: str) -> None:
+        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP))}
+        q = {name: text.format(**names) for name, text in load_statements("sqlite_queries").items()}
+        self.claim_read = q["claim_read"]
+        self.trade_lease = q["trade_lease"]
+        self.insert_claimed = q["insert_claimed"]
+        self.retake = q["retake"]
+        self.finish = q["finish"]
+        self.release = q["release"]
+        self.lease_of = q["lease_of"]
+        self.finish_owned = q["finish_owned"]
+        self.insert_foreign = q["insert_foreign"]
+        self.status = q["status"]
+        self.select = q["select"]
+        self.get = q["get"]
+        self.count_prunable = q["count_prunable"]
+        self.prune = q["prune"]
+        self.export = q["export"]
+        self.insert_stored = q["insert_stored"]
 
 
 __all__ = ["SQLiteLedger", "RECEIVED", "DONE", "FAILED", "REJECTED"]
