@@ -498,7 +498,8 @@ def test_importing_a_module_loads_only_its_own_dependencies(leaf):
     ours = {m for m in loaded if m == PACKAGE or m.startswith(PACKAGE + ".")}
     assert ours <= needed, f"import {leaf} also loads {sorted(ours - needed)}"
     if leaf in EXACTLY:
-        assert ours == {PACKAGE + suffix for suffix in EXACTLY[leaf]}
+        expected = {PACKAGE + suffix for suffix in EXACTLY[leaf]}
+        assert ours == expected, f"import {leaf} loads {sorted(ours)}, expected {sorted(expected)}"
     layer = 9 if leaf == PACKAGE else layer_of(leaf)
     imported = {i.target for i in imports() if i.module in needed and i.context == "top level"}
     heavy = sorted(library for library, lowest in HEAVY.items()
