@@ -1,14 +1,15 @@
 """The dependency rule, the package's size rule and its light ``__init__``, checked on the source.
 
-The layers, top to bottom (``pytest tests/test_architecture.py -s`` prints them with their modules, and
-``python tests/test_architecture.py`` prints the same block for tests/README.md):
+The rules, over the layers in LAYERS below (``pytest tests/test_architecture.py -s`` prints the layers with
+their jobs and modules, and ``python tests/test_architecture.py`` prints the same block for tests/README.md):
 
 - a module imports modules of its own folder, without cycles, and of lower layers, never of higher ones.
   Imports inside functions and under ``if TYPE_CHECKING:`` count: where a lower layer needs the type of
   something above it, it defines a ``typing.Protocol`` of what it uses (``fronts/port.py``);
 - no import cycle anywhere, same-folder cycles included;
 - the composition root (``alipay_middleware.alipay``) is the only module that knows the fronts, the callback
-  core, the gateway, the protocols and the ledger together;
+  core, the gateway, the protocols and the ledger together, and it imports them at the top (an import it
+  defers into a function can only be hiding a cycle with a module below it);
 - the package ``__init__`` imports nothing at run time: its ``__getattr__`` imports each public name from
   its module on first use, and its ``if TYPE_CHECKING:`` imports (what type checkers see) are part of that
   lazy mechanism, hence exempt from the rules above. Importing one module loads that module's own
