@@ -58,8 +58,10 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ below impor
     from .events import PaymentEvent, ReturnResult
     from .fronts.asgi import AlipayASGIMiddleware
     from .fronts.wsgi import AlipayWSGIMiddleware
-    from .gateway.client import AlipayClient, AsyncAlipayClient, CloseResult, RefundQuery, RefundResult, TradeQuery
+    from .gateway.aio import AsyncAlipayClient
+    from .gateway.client import AlipayClient
     from .gateway.legacy_client import LegacyClient
+    from .gateway.results import CloseResult, RefundQuery, RefundResult, TradeQuery
     from .ledger import Ledger, SQLiteLedger, StoredEvent
     from .protocols.legacy import LEGACY_GATEWAY, LegacyConfig
     from .protocols.openapi import PRODUCTION_GATEWAY, SANDBOX_GATEWAY, OpenApiConfig
@@ -85,12 +87,12 @@ _EXPORTS = {
     "ReturnResult": ".events",
     "AlipayASGIMiddleware": ".fronts.asgi",
     "AlipayWSGIMiddleware": ".fronts.wsgi",
+    "AsyncAlipayClient": ".gateway.aio",
     "AlipayClient": ".gateway.client",
-    "AsyncAlipayClient": ".gateway.client",
-    "CloseResult": ".gateway.client",
-    "RefundQuery": ".gateway.client",
-    "RefundResult": ".gateway.client",
-    "TradeQuery": ".gateway.client",
+    "CloseResult": ".gateway.results",
+    "RefundQuery": ".gateway.results",
+    "RefundResult": ".gateway.results",
+    "TradeQuery": ".gateway.results",
     "LegacyClient": ".gateway.legacy_client",
     "Ledger": ".ledger",
     "SQLiteLedger": ".ledger",

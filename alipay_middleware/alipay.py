@@ -14,24 +14,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-from .callbacks.flow import Confirmation, Flow, Steps, VerifiedIds, confirm_flow, notify_flow, return_flow
+from .callbacks.confirm import Confirmation, confirm_flow
+from .callbacks.flow import notify_flow, return_flow
+from .callbacks.memory import VerifiedIds
+from .callbacks.steps import Flow, Steps
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .fronts.asgi import AlipayASGIMiddleware
+from .fronts.drive import await_if_needed, run_flow
+from .fronts.wsgi import AlipayWSGIMiddleware
+from .gateway.aio import AsyncAlipayClient
+from .gateway.client import AlipayClient
+from .gateway.factory import client_for
+from .gateway.legacy_client import LegacyClient
+from .gateway.transport import notify_verify
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
 from .protocols.helper import check_allowed_hosts, check_base_url
 from .protocols.legacy import LegacyConfig
 from .protocols.openapi import OpenApiConfig, OpenApiProtocol
-
-if TYPE_CHECKING:
-    # Deferred while gateway/client.py and gateway/legacy_client.py import this module: the clients would make a
-    # cycle, and the fronts would load werkzeug and asgiref with the clients (tests/test_architecture.py,
-    # KNOWN_PENDING_DEFERRED). Then they move to the top like the others.
-    from .fronts.asgi import AlipayASGIMiddleware
-    from .fronts.wsgi import AlipayWSGIMiddleware
-    from .gateway.client import AlipayClient, AsyncAlipayClient
-    from .gateway.legacy_client import LegacyClient
 
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -245,13 +247,9 @@ class Alipay:
     # -- mounting ----------------------------------------------------------------------------------
 
     def wsgi(self, app: Any) -> AlipayWSGIMiddleware:
-        from .fronts.wsgi import AlipayWSGIMiddleware
-
         return AlipayWSGIMiddleware(app, alipay=self)
 
     def asgi(self, app: Any) -> AlipayASGIMiddleware:
-        from .fronts.asgi import AlipayASGIMiddleware
-
         return AlipayASGIMiddleware(app, alipay=self)
 
     def helper(self, base_url: str) -> Any:
@@ -273,6 +271,10 @@ class Alipay:
 
     def lease_owner(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    def ask_origin(self, url: str, timeout: float) -> bytes:
+        """The origin check's call (the legacy ``notify_verify``), through the configured proxy: Alipay's answer."""
+        return notify_verify(url, timeout, self.config.proxy)
 
     def start(self) -> None:
         """Once, at the first request: say what is not configured that a shop would regret."""
@@ -301,19 +303,11 @@ class Alipay:
         """Query, refund and close trades (an :class:`~alipay_middleware.gateway.client.AlipayClient`, made on
         first use). For a ``LegacyConfig``: a :class:`~alipay_middleware.gateway.legacy_client.LegacyClient`,
         which can only ``query`` (``single_trade_query``)."""
-        if isinstance(self.config, LegacyConfig):
-            from .gateway.legacy_client import LegacyClient
-
-            return LegacyClient(self)
-        from .gateway.client import AlipayClient
-
-        return AlipayClient(self)
+        return client_for(self)
 
     @cached_property
     def aclient(self) -> AsyncAlipayClient:
         """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
-        from .gateway.client import AsyncAlipayClient
-
         return AsyncAlipayClient(self)
 
     def reconcile(self, older_than_minutes: float = 15.0) -> list[Confirmation]:
@@ -322,10 +316,8 @@ class Alipay:
 
         For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
-        returns one :class:`~alipay_middleware.callbacks.flow.Confirmation` per order.
+        returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order.
         """
-        from .fronts.drive import await_if_needed, run_flow
-
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
         if not 0 <= older_than_minutes <= 60 * 24 * 365:

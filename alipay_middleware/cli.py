@@ -24,10 +24,12 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from .alipay import Alipay
-from .callbacks.flow import INTERNAL_ERROR, Answer, replay_flow
+from .callbacks.answers import INTERNAL_ERROR, Answer, Reason
+from .callbacks.confirm import Outcome
+from .callbacks.flow import replay_flow
 from .errors import AlipayError
 from .fronts.drive import run_flow
 from .ledger import (
@@ -42,6 +44,7 @@ from .ledger import (
     open_ledger,
     split_table_params,
 )
+from .ledger.base import FOREIGN_PREFIX
 
 PROG = "alipay-middleware"
 LEDGER_HELP = (
@@ -51,8 +54,16 @@ LEDGER_HELP = (
 )
 #: Alipay resends an unacknowledged notification about 8 times over 25 hours.
 MIN_PRUNE_DAYS = 2
-FOREIGN = "foreign:"  # the key prefix both ledgers give record_foreign's rows
-FAILING_OUTCOMES = ("failed", "rejected", "refused", "unavailable", "unknown", "finish_pending")
+#: What replay says of each event (its first column).
+ReplayOutcome = Literal["replayed", "already_done", "busy", "unavailable", "finish_pending", "rejected", "failed",
+                        "refused", "unknown", "would_replay"]
+FAILING_OUTCOMES: tuple[ReplayOutcome, ...] = ("failed", "rejected", "refused", "unavailable", "unknown",
+                                               "finish_pending")
+#: The notify path's answers that replay reports as ``busy`` (a worker holds the lease) and ``unavailable``.
+BUSY_REASONS: tuple[Reason, ...] = ("in_progress", "lease_lost")
+UNAVAILABLE_REASONS: tuple[Reason, ...] = ("ledger_unavailable", "commit_failed")
+#: The outcomes of reconcile that do not make it exit 1.
+QUIET_OUTCOMES: frozenset[Outcome] = frozenset({"processed", "already_paid", "already_done", "in_progress", "not_paid"})
 
 
 class CliError(Exception):
@@ -307,29 +318,30 @@ def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StoredEvent]
         statuses = [args.status] if args.status else [FAILED, RECEIVED]
         # Messages for another app or seller (recorded under "foreign:...") are never ours to run.
         selected = [event for status in statuses for event in ledger.events(status=status, limit=-1)
-                    if not event.key.startswith(FOREIGN)]
+                    if not event.key.startswith(FOREIGN_PREFIX)]
         unknown = []
     return sorted(selected, key=lambda event: event.received_at), unknown
 
 
-def _outcome(answer: Answer) -> str:
+def _outcome(answer: Answer) -> ReplayOutcome:
     if answer.status == 200:
         return "already_done" if answer.reason == "already_done" else "replayed"
-    if answer.reason in ("in_progress", "lease_lost"):
+    if answer.reason in BUSY_REASONS:
         return "busy"
-    if answer.reason in ("ledger_unavailable", "commit_failed"):
+    if answer.reason in UNAVAILABLE_REASONS:
         return "unavailable"
     if answer.reason == "finish_pending":
         return "finish_pending"  # the hook ran; its done mark is retried until the command exits
-    return {409: "rejected", 500: "failed"}.get(answer.status, "refused")
+    outcome: ReplayOutcome = "rejected" if answer.status == 409 else "failed" if answer.status == 500 else "refused"
+    return outcome
 
 
-def _replay_one(alipay: Alipay, event: StoredEvent) -> str:
+def _replay_one(alipay: Alipay, event: StoredEvent) -> ReplayOutcome:
     answer = run_flow(replay_flow(alipay, event), INTERNAL_ERROR)
     outcome = _outcome(answer)
     after = alipay.ledger.get(event.key)
     attempts = after.attempts if after is not None else event.attempts
-    detail = {
+    details: dict[ReplayOutcome, str] = {
         "replayed": f"attempt={attempts}",
         "already_done": "done before: not run again",
         "busy": "a worker holds its lease now: not touched",
@@ -337,7 +349,8 @@ def _replay_one(alipay: Alipay, event: StoredEvent) -> str:
         "unavailable": f"reason={answer.reason}",
         "finish_pending": "the hook ran; its done mark could not be written yet (retried until this command "
                           "exits; a resend meanwhile gets 503)",
-    }.get(outcome, f"reason={answer.reason}")
+    }
+    detail = details.get(outcome, f"reason={answer.reason}")
     _emit(f"{outcome:<13}{_visible(event.key)}  {_visible(detail)}")
     return outcome
 
@@ -356,13 +369,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             for event in selected:
                 live = event.lease_until is not None and event.lease_until > datetime.now(timezone.utc)
-                what = "already_done" if event.status == DONE else "busy" if live else "would_replay"
+                what: ReplayOutcome = "already_done" if event.status == DONE else "busy" if live else "would_replay"
                 lease = f" lease={_lease(event)}" if event.lease_until is not None else ""
                 _emit(f"{what:<13}{_visible(event.key)}  status={_visible(event.status)} attempts={event.attempts}"
                       f"{_visible(lease)}")
             return 1 if unknown else 0
         alipay.start()  # the same start-up warnings as the app's (no order_amount, no on_paid)
-        outcomes = [_replay_one(alipay, event) for event in selected] + ["unknown"] * len(unknown)
+        unknowns: list[ReplayOutcome] = ["unknown"] * len(unknown)
+        outcomes = [_replay_one(alipay, event) for event in selected] + unknowns
     finally:
         alipay.close()
     counts = {name: outcomes.count(name) for name in dict.fromkeys(outcomes)}
@@ -386,8 +400,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
               f"trade_status={_visible(result.trade_status or '-')}")
     counts = {name: [r.outcome for r in results].count(name) for name in dict.fromkeys(r.outcome for r in results)}
     _emit(", ".join(f"{count} {_visible(name)}" for name, count in counts.items()) or "no pending orders")
-    quiet = {"processed", "already_paid", "already_done", "in_progress", "not_paid"}
-    return 1 if any(r.outcome not in quiet for r in results) else 0
+    return 1 if any(r.outcome not in QUIET_OUTCOMES for r in results) else 0
 
 
 # -- prune, schema, migrate ----------------------------------------------------------------------------

@@ -7,6 +7,26 @@ fronts answer with. The fronts never decide semantics themselves; they only turn
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: Why a callback is refused: a :class:`Rejection`'s ``reason``, or a recipient's or an order's problem. The one
+#: spelling of each code (the callback core adds its own to these in ``callbacks/answers.py``): a misspelled or
+#: renamed code is a type error wherever it is raised, returned or compared.
+RejectionReason = Literal[
+    # the body (400)
+    "malformed_body", "undecodable", "unknown_charset", "duplicate_field",
+    # the signature, and the fields it covers (400)
+    "missing_sign", "sign_type_mismatch", "bad_signature", "bad_amount",
+    # the legacy origin check, notify_verify (400, or 503 while Alipay cannot be asked or answers no verdict)
+    "missing_notify_id", "bad_notify_id", "origin_refused", "origin_unreachable", "origin_unclear",
+    # addressed to another app or seller (400, recorded)
+    "app_id_mismatch", "seller_id_mismatch", "seller_email_mismatch",
+    # not our order, or not its amount (409, recorded)
+    "unknown_order", "amount_missing", "amount_mismatch", "amount_mismatch_coupon",
+    # the operator's replay only: the stored fields give another dedupe key
+    "key_mismatch",
+]
+
 
 class AlipayError(Exception):
     """Base class of every error raised by alipay_middleware."""
@@ -15,9 +35,9 @@ class AlipayError(Exception):
 class Rejection(AlipayError):
     """A callback that is not accepted. Never escapes the callback paths as a traceback."""
 
-    def __init__(self, reason: str, status: int = 400, detail: str = "") -> None:
+    def __init__(self, reason: RejectionReason, status: int = 400, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.reason: RejectionReason = reason
         self.status = status
         self.detail = detail
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Final, Literal
 
-PAID = "paid"
-CLOSED = "closed"
-REFUNDED = "refunded"
-OTHER = "other"  # verified, recorded and acknowledged, but no hook (e.g. WAIT_BUYER_PAY)
-KINDS = (PAID, CLOSED, REFUNDED, OTHER)
+#: What a verified event is: its hook (``on_paid``, ``on_closed``, ``on_refunded``) and its dedupe key's first part.
+Kind = Literal["paid", "closed", "refunded", "other"]
+PAID: Final = "paid"
+CLOSED: Final = "closed"
+REFUNDED: Final = "refunded"
+OTHER: Final = "other"  # verified, recorded and acknowledged, but no hook (e.g. WAIT_BUYER_PAY)
+KINDS: tuple[Kind, ...] = (PAID, CLOSED, REFUNDED, OTHER)
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class PaymentEvent:
     the same time. ``attempt`` counts the hook calls for this event (1 first).
     """
 
-    kind: str
+    kind: Kind
     key: str
     trade_key: str
     out_trade_no: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.server
 import itertools
 import json
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import pytest
 from Crypto.Hash import SHA1, SHA256
@@ -31,6 +32,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from alipay_middleware import Alipay, OpenApiConfig
 from alipay_middleware.simulator import LegacyMerchant, Merchant, Simulator
 from alipay_middleware.wire.signing import sign_string
+from fake_gateway import FakeGateway
 
 VECTORS = Path(__file__).parent / "vectors"
 APP_ID = "2021000000000001"
@@ -402,20 +404,20 @@ def legacy_body(fields: Mapping[str, str], *, key: str | RSA.RsaKey = MD5_KEY, c
     return encode_form(signed, charset)
 
 
-class GatewayStub:
+class GatewayStub(FakeGateway[Any]):
     """A loopback stand-in for the legacy gateway's ``notify_verify``.
 
     Like Alipay, it answers ``true`` only for ids it issued (``issue``), ``false`` otherwise; ``set``
     makes one id answer something else: ``"invalid"``, ``"garbage"``, ``"http500"``, ``"hang"``
     (no answer until the test ends) or ``"hold"`` (the usual answer, once the test calls ``release()``;
     ``wait_held(n)`` waits until ``n`` requests have been held). ``requests`` holds every raw request
-    target, as sent; ``count(notify_id)`` counts the requests for one id.
+    target, as sent; ``count(notify_id)`` counts the requests for one id. The server is the fake gateways'
+    loopback base (``fake_gateway.py``).
     """
 
-    def __init__(self, partner: str = PARTNER) -> None:
-        import http.server
+    accepts = "GET"
 
-        stub = self
+    def __init__(self, partner: str = PARTNER) -> None:
         self.partner = partner
         self.issued: set[str] = set()
         self.modes: dict[str, str] = {}
@@ -423,46 +425,27 @@ class GatewayStub:
         self.released = threading.Event()
         self.held = 0
         self._held_changed = threading.Condition()
+        super().__init__()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                from urllib.parse import parse_qs, urlsplit
-
-                stub.requests.append(self.path)
-                query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
-                notify_id = query.get("notify_id", [""])[0]
-                ok = query.get("service") == ["notify_verify"] and query.get("partner") == [stub.partner]
-                mode = stub.modes.get(notify_id, "true" if ok and notify_id in stub.issued else "false")
-                if mode == "hold":
-                    with stub._held_changed:
-                        stub.held += 1
-                        stub._held_changed.notify_all()
-                    stub.released.wait(30)
-                    mode = "true" if ok and notify_id in stub.issued else "false"
-                if mode == "hang":
-                    stub.released.wait(30)
-                    return
-                if mode == "http500":
-                    self.send_error(500)
-                    return
-                body = b"<html>busy</html>" if mode == "garbage" else mode.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            request_queue_size = 64  # a storm of origin checks must not wait on SYN retries
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gateway.do"
+    def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        self.requests.append(handler.path)
+        query = parse_qs(urlsplit(handler.path).query, keep_blank_values=True)
+        notify_id = query.get("notify_id", [""])[0]
+        ok = query.get("service") == ["notify_verify"] and query.get("partner") == [self.partner]
+        mode = self.modes.get(notify_id, "true" if ok and notify_id in self.issued else "false")
+        if mode == "hold":
+            with self._held_changed:
+                self.held += 1
+                self._held_changed.notify_all()
+            self.released.wait(30)
+            mode = "true" if ok and notify_id in self.issued else "false"
+        if mode == "hang":
+            self.released.wait(30)
+            return
+        if mode == "http500":
+            handler.send_error(500)
+            return
+        self._send(handler, b"<html>busy</html>" if mode == "garbage" else mode.encode(), "text/plain")
 
     def issue(self, notify_id: str) -> str:
         self.issued.add(notify_id)
@@ -472,8 +455,6 @@ class GatewayStub:
         self.modes[notify_id] = mode
 
     def count(self, notify_id: str) -> int:
-        from urllib.parse import parse_qs, urlsplit
-
         return sum(1 for target in list(self.requests)
                    if parse_qs(urlsplit(target).query).get("notify_id") == [notify_id])
 
@@ -486,8 +467,7 @@ class GatewayStub:
 
     def close(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture

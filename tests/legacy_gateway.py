@@ -22,6 +22,9 @@ ids handed to ``issue`` and ``false`` otherwise. Anything wrong with a request l
   ``no_declaration`` (no ``<?xml ...?>``), ``malformed`` (cut in the middle), ``doctype_bomb`` (billion
   laughs), ``xxe`` (an external entity), ``huge`` (a subject of ``size`` characters);
 - transport: ``http_502``, ``hang`` (no answer until the stub closes), ``drop`` (connection closed).
+
+The server, the fault queue and the transport faults are shared with the Open Platform stub
+(``fake_gateway.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
-import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,7 +44,9 @@ from Crypto.Signature import pkcs1_15
 
 from alipay_middleware.wire.signing import sign_string
 from conftest import MD5_KEY, PARTNER
+from fake_gateway import FakeGateway
 
+LOOKUP = "single_trade_query"
 FAULTS = ("not_exist", "is_not_exist", "error", "tampered", "unsigned", "wrong_sign_type", "mismatch", "duplicate",
           "nested", "pretty", "no_declaration", "malformed", "doctype_bomb", "xxe", "huge", "http_502", "hang",
           "drop")
@@ -105,7 +109,9 @@ class Received:
     method: str
 
 
-class LegacyGateway:
+class LegacyGateway(FakeGateway[LegacyTrade]):
+    accepts = "GET"
+
     def __init__(self, partner: str = PARTNER, md5_key: str | None = MD5_KEY,
                  merchant_public_key: RSA.RsaKey | None = None, alipay_key: RSA.RsaKey | None = None) -> None:
         self.partner = partner
@@ -113,38 +119,9 @@ class LegacyGateway:
         self.merchant_public_key = merchant_public_key
         self.alipay_key = alipay_key
         self.sign_type = "MD5" if merchant_public_key is None else "RSA"
-        self.trades: dict[str, LegacyTrade] = {}
         self.issued: set[str] = set()
         self.received: list[Received] = []
-        self.problems: list[str] = []
-        self.faults: list[list[Any]] = []
-        self.lock = threading.Lock()
-        self.closing = threading.Event()
-        self._numbers = iter(range(1, 10**9))
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-                stub._handle(self)
-
-            def do_POST(self) -> None:  # noqa: N802
-                stub.problems.append(f"POST {self.path[:80]}")
-                self.send_error(405)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 64
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that timed out and left is expected here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gateway.do"
+        super().__init__()
 
     # -- test controls ---------------------------------------------------------------------------------
 
@@ -152,7 +129,7 @@ class LegacyGateway:
                   paid: bool | None = None, **extra: str) -> LegacyTrade:
         if paid is None:
             paid = status in ("TRADE_SUCCESS", "TRADE_FINISHED", "TRADE_PENDING")
-        trade = LegacyTrade(out_trade_no, f"2024010121001004{next(self._numbers):012d}", status, Decimal(total_fee),
+        trade = LegacyTrade(out_trade_no, self._next_trade_no("2024010121001004"), status, Decimal(total_fee),
                             paid, extra=dict(extra))
         with self.lock:
             self.trades[out_trade_no] = trade
@@ -160,21 +137,15 @@ class LegacyGateway:
 
     def fault(self, kind: str, times: int = 1, **options: Any) -> None:
         assert kind in FAULTS, kind
-        with self.lock:
-            self.faults.append([kind, times, options])
+        self._queue_fault(LOOKUP, kind, times, options)
 
     def issue(self, notify_id: str) -> str:
         self.issued.add(notify_id)
         return notify_id
 
-    def count(self, service: str = "single_trade_query") -> int:
+    def count(self, service: str = LOOKUP) -> int:
         with self.lock:
             return sum(1 for r in self.received if r.service == service)
-
-    def close(self) -> None:
-        self.closing.set()
-        self.server.shutdown()
-        self.server.server_close()
 
     # -- one request -------------------------------------------------------------------------------------
 
@@ -204,7 +175,7 @@ class LegacyGateway:
             self.problems.append("duplicate parameters")
         with self.lock:
             self.received.append(Received(service, params, charset, handler.command))
-        if service != "single_trade_query":
+        if service != LOOKUP:
             self.problems.append(f"service {service!r}")
             self._send(handler, self._error("ILLEGAL_SERVICE", charset), f"text/xml; charset={charset}")
             return
@@ -214,18 +185,8 @@ class LegacyGateway:
             self._send(handler, self._error(problem.split()[0], charset), f"text/xml; charset={charset}")
             return
         with self.lock:
-            kind, options = "", {}
-            if self.faults:
-                kind, options = self.faults[0][0], self.faults[0][2]
-                self.faults[0][1] -= 1
-                if self.faults[0][1] <= 0:
-                    self.faults.pop(0)
-        if kind in ("hang", "drop"):
-            if kind == "hang":
-                self.closing.wait(30)
-            return
-        if kind == "http_502":
-            handler.send_error(502, "Bad Gateway")
+            kind, options = self._take_fault(LOOKUP)
+        if self._transport_fault(handler, kind):
             return
         with self.lock:
             body = self._answer(params, charset, kind, options)
@@ -262,11 +223,6 @@ class LegacyGateway:
         return base64.b64encode(pkcs1_15.new(self.alipay_key).sign(SHA1.new(message))).decode("ascii")
 
     # -- what Alipay would answer ------------------------------------------------------------------------
-
-    def _find(self, params: dict[str, str]) -> LegacyTrade | None:
-        if params.get("trade_no"):
-            return next((t for t in self.trades.values() if t.trade_no == params["trade_no"]), None)
-        return self.trades.get(params.get("out_trade_no", ""))
 
     @staticmethod
     def _declaration(charset: str) -> str:
@@ -320,11 +276,3 @@ class LegacyGateway:
         if kind == "malformed":
             data = data[: len(data) // 2]
         return data
-
-    @staticmethod
-    def _send(handler: http.server.BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)

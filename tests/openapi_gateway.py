@@ -22,7 +22,8 @@ asserts it stays empty).
   ``http_502``, ``apply_then_hang`` (the request takes effect, then no answer), ``hold`` (no answer until
   ``release()``, then a normal one).
 
-``refused_url()`` gives a loopback URL whose port refuses connections (bound, never listening).
+``refused_url()`` gives a loopback URL whose port refuses connections (bound, never listening). The server,
+the fault queue and the transport faults shared with the legacy stub are in ``fake_gateway.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import base64
 import http.server
 import json
 import re
-import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -43,9 +43,12 @@ from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
+from fake_gateway import FakeGateway
+
 CST = timezone(timedelta(hours=8))
 METHODS = ("alipay.trade.query", "alipay.trade.refund", "alipay.trade.close", "alipay.trade.fastpay.refund.query")
 SUCCESS = {"code": "10000", "msg": "Success"}
+JSON = "application/json;charset=utf-8"
 
 
 def failed(sub_code: str, sub_msg: str, **extra: str) -> dict[str, str]:
@@ -73,50 +76,23 @@ class Received:
     biz: dict[str, Any]
 
 
-class OpenApiGateway:
+class OpenApiGateway(FakeGateway[Trade]):
+    accepts = "POST"
+
     def __init__(self, app_public_key: RSA.RsaKey, alipay_key: RSA.RsaKey, app_id: str) -> None:
         self.app_public_key = app_public_key
         self.alipay_key = alipay_key
         self.app_id = app_id
-        self.trades: dict[str, Trade] = {}
         self.received: list[Received] = []
-        self.problems: list[str] = []
-        self.faults: dict[str, list[list[Any]]] = {}
-        self.lock = threading.Lock()
-        self.closing = threading.Event()
         self.holding = threading.Event()
         self.released = threading.Event()
-        self._numbers = iter(range(1, 10**9))
-        self._refusing: list[socket.socket] = []
-        stub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-                stub._handle(self)
-
-            def do_GET(self) -> None:  # noqa: N802
-                stub.problems.append(f"GET {self.path[:80]}")
-                self.send_error(405)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that timed out and left is expected here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gateway.do"
+        super().__init__()
 
     # -- test controls ---------------------------------------------------------------------------------
 
     def add_trade(self, out_trade_no: str, status: str = "TRADE_SUCCESS", total_amount: str = "9.90",
                   refunds: dict[str, str] | None = None, **extra: str) -> Trade:
-        trade = Trade(out_trade_no, f"2024010122001400{next(self._numbers):012d}", status, Decimal(total_amount),
+        trade = Trade(out_trade_no, self._next_trade_no("2024010122001400"), status, Decimal(total_amount),
                       {k: Decimal(v) for k, v in (refunds or {}).items()}, dict(extra))
         with self.lock:
             self.trades[out_trade_no] = trade
@@ -124,8 +100,7 @@ class OpenApiGateway:
 
     def fault(self, method: str, kind: str, times: int = 1, **options: Any) -> None:
         assert method in METHODS, method
-        with self.lock:
-            self.faults.setdefault(method, []).append([kind, times, options])
+        self._queue_fault(method, kind, times, options)
 
     def count(self, method: str | None = None) -> int:
         with self.lock:
@@ -134,19 +109,9 @@ class OpenApiGateway:
     def release(self) -> None:
         self.released.set()
 
-    def refused_url(self) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))  # bound but never listening: connections are refused
-        self._refusing.append(sock)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/gateway.do"
-
     def close(self) -> None:
-        self.closing.set()
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
-        for sock in self._refusing:
-            sock.close()
+        super().close()
 
     # -- one request -------------------------------------------------------------------------------------
 
@@ -157,25 +122,14 @@ class OpenApiGateway:
         if params is None:
             self._send(handler, self._body("error_response", {
                 "code": "40002", "msg": "Invalid Arguments", "sub_code": "isv.invalid-signature",
-                "sub_msg": "验签出错"}))
+                "sub_msg": "验签出错"}), JSON)
             return
         method = params["method"]
         biz = json.loads(params["biz_content"])
         with self.lock:
             self.received.append(Received(method, params, biz))
-            queue = self.faults.get(method)
-            kind, options = "", {}
-            if queue:
-                kind, options = queue[0][0], queue[0][2]
-                queue[0][1] -= 1
-                if queue[0][1] <= 0:
-                    queue.pop(0)
-        if kind in ("hang", "drop"):
-            if kind == "hang":
-                self.closing.wait(30)
-            return
-        if kind == "http_502":
-            handler.send_error(502, "Bad Gateway")
+            kind, options = self._take_fault(method)
+        if self._transport_fault(handler, kind):
             return
         if kind == "hold":
             self.holding.set()
@@ -189,7 +143,7 @@ class OpenApiGateway:
         raw = self._faulty_body(key, payload, kind, options)
         if kind == "truncated":
             handler.send_response(200)
-            handler.send_header("Content-Type", "application/json;charset=utf-8")
+            handler.send_header("Content-Type", JSON)
             handler.send_header("Content-Length", str(len(raw)))
             handler.end_headers()
             handler.wfile.write(raw[: len(raw) // 2])
@@ -198,7 +152,7 @@ class OpenApiGateway:
             return
         if kind == "truncated_json":
             raw = raw[: len(raw) // 2]
-        self._send(handler, raw)
+        self._send(handler, raw, JSON)
 
     def _check_request(self, handler: http.server.BaseHTTPRequestHandler, body: bytes) -> dict[str, str] | None:
         problems = self.problems
@@ -252,11 +206,6 @@ class OpenApiGateway:
         return params
 
     # -- what Alipay would answer ------------------------------------------------------------------------
-
-    def _find(self, biz: dict[str, Any]) -> Trade | None:
-        if biz.get("trade_no"):
-            return next((t for t in self.trades.values() if t.trade_no == biz["trade_no"]), None)
-        return self.trades.get(biz.get("out_trade_no", ""))
 
     def _answer(self, method: str, biz: dict[str, Any], kind: str) -> dict[str, Any]:
         if kind == "service_unavailable":
@@ -350,11 +299,3 @@ class OpenApiGateway:
         if kind == "mismatch":
             return self._body(key, {**payload, "out_trade_no": "SOMEONE-ELSE", "out_request_no": "SOMEONE-ELSE"})
         return self._body(key, payload)
-
-    @staticmethod
-    def _send(handler: http.server.BaseHTTPRequestHandler, raw: bytes) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json;charset=utf-8")
-        handler.send_header("Content-Length", str(len(raw)))
-        handler.end_headers()
-        handler.wfile.write(raw)

@@ -58,26 +58,8 @@ WIRED_LAYERS = frozenset({3, 4, 5, 6, 7})
 
 #: Violations that work in progress on other branches removes, each with the branch that removes it. The
 #: rules skip exactly these; test_known_pending_is_still_pending fails on an entry that is already gone, so
-#: the set is emptied as those branches are merged.
-KNOWN_PENDING_IMPORTS: dict[tuple[str, str], str] = {
-    (f"{PACKAGE}.callbacks.flow", f"{PACKAGE}.alipay"): "branch flowport: the flow's narrow typed port",
-    (f"{PACKAGE}.protocols.base", f"{PACKAGE}.gateway.client"):
-        "branch flowport: Protocol.query_event moves into the confirm flow",
-    (f"{PACKAGE}.gateway.client", f"{PACKAGE}.alipay"): "branch gateway: the clients stop importing Alipay",
-    (f"{PACKAGE}.gateway.legacy_client", f"{PACKAGE}.alipay"): "branch gateway: the clients stop importing Alipay",
-    (f"{PACKAGE}.gateway.client", f"{PACKAGE}.gateway.legacy_client"):
-        "branch gateway: the cycle client.py <-> legacy_client.py",
-}
-#: Imports the root defers into functions only because lower modules still import it at run time (the gateway
-#: clients import Alipay): deferred, the clients make no cycle, and loading them loads no werkzeug or asgiref
-#: (tests/test_client.py::test_client_module_is_pure). Stale once no lower module imports the root.
-KNOWN_PENDING_DEFERRED: dict[str, str] = {
-    f"{PACKAGE}.fronts.wsgi": "branch gateway: then alipay.py imports the fronts at the top",
-    f"{PACKAGE}.fronts.asgi": "branch gateway: then alipay.py imports the fronts at the top",
-    f"{PACKAGE}.fronts.drive": "branch gateway: then alipay.py imports the driver at the top",
-    f"{PACKAGE}.gateway.client": "branch gateway: then alipay.py imports the clients at the top",
-    f"{PACKAGE}.gateway.legacy_client": "branch gateway: then alipay.py imports the clients at the top",
-}
+#: the lists are emptied as those branches are merged.
+KNOWN_PENDING_IMPORTS: dict[tuple[str, str], str] = {}
 KNOWN_PENDING_OVERSIZE: dict[str, str] = {
     f"{PACKAGE}.ledger.postgres": "branch ledgerdata: the SQL and PL/pgSQL move to .sql package data",
 }
@@ -277,8 +259,7 @@ def test_the_root_imports_at_the_top():
     """Nothing is above the root but the entry points: an import it defers into a function can only be hiding a
     cycle with a module that should not import it."""
     deferred = [found.describe(modules()) for found in internal_imports()
-                if found.module == ROOT and found.context == "in a function"
-                and found.target not in KNOWN_PENDING_DEFERRED]
+                if found.module == ROOT and found.context == "in a function"]
     assert not deferred, "import these at the top of alipay.py:\n  " + "\n  ".join(deferred)
 
 
@@ -418,11 +399,6 @@ def test_known_pending_is_still_pending():
     """An entry whose violation is gone must leave the list, so that the rule covers it again."""
     present = {(i.module, i.target) for i in internal_imports()}
     gone = [f"{edge} ({why})" for edge, why in KNOWN_PENDING_IMPORTS.items() if edge not in present]
-    root_importers = [i for i in internal_imports()
-                      if i.target == ROOT and i.context != "under TYPE_CHECKING" and layer_of(i.module) > 2]
-    deferred = {i.target for i in internal_imports() if i.module == ROOT and i.context == "in a function"}
-    gone += [f"{name} ({why})" for name, why in KNOWN_PENDING_DEFERRED.items()
-             if not root_importers or name not in deferred]
     gone += [f"{name} ({why})" for name, why in KNOWN_PENDING_OVERSIZE.items()
              if name not in modules() or lines_of_code(modules()[name].path) <= MAX_LINES_OF_CODE]
     assert not gone, "fixed: remove from KNOWN_PENDING_* in tests/test_architecture.py:\n  " + "\n  ".join(gone)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay
-from alipay_middleware.callbacks.flow import Confirmation
+from alipay_middleware.callbacks.confirm import Confirmation
 from alipay_middleware.cli import main
 from conftest import APP_ID, Recorder, WSGIClient, inner_wsgi, notify_fields, signed_body
 

@@ -24,7 +24,7 @@ import uvicorn
 from werkzeug.serving import make_server
 
 from alipay_middleware import Alipay
-from alipay_middleware.callbacks.flow import precheck
+from alipay_middleware.callbacks.answers import precheck
 from conftest import Recorder, notify_fields, signed_body
 
 NOTIFY = "/alipay/notify"

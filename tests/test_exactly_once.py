@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from alipay_middleware import Alipay, Ledger
-from alipay_middleware.callbacks.flow import INTERNAL_ERROR, replay_flow
+from alipay_middleware.callbacks.answers import INTERNAL_ERROR
+from alipay_middleware.callbacks.flow import replay_flow
 from alipay_middleware.errors import LedgerUnavailable, TransactionControlRefused
 from alipay_middleware.fronts.drive import run_flow
 from alipay_middleware.ledger import DONE, FAILED, RECEIVED, SQLiteLedger
@@ -223,7 +224,7 @@ FINISH_AT_EXIT = textwrap.dedent(
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from conftest import WSGIClient
     from alipay_middleware import Alipay, OpenApiConfig
-    from alipay_middleware import finish
+    from alipay_middleware.ledger import pending as finish
     from alipay_middleware.ledger import SQLiteLedger
 
     finish.BACKGROUND_BACKOFF = (3600.0, 3600.0)  # only the exit handler may land it

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
-from legacy_gateway import LegacyGateway
 
 from alipay_middleware import (
     Alipay,
@@ -34,8 +33,10 @@ from alipay_middleware import (
     TradeQuery,
     UnsupportedCall,
 )
+from alipay_middleware.callbacks.confirm import query_event
 from alipay_middleware.events import CLOSED, PAID
 from conftest import MD5_KEY, PARTNER, Keys, Recorder, legacy_body, legacy_fields, make_config
+from legacy_gateway import LegacyGateway
 
 TIMEOUT = 0.5
 CST_OFFSET = timedelta(hours=8)
@@ -504,6 +505,9 @@ def test_reconcile_for_an_rsa_merchant(legacy_rsa_keys, rsa_stub, new_ledger):
 
 def test_confirm_returns_stays_refused_for_legacy_merchants(stub, new_ledger):
     config = LegacyConfig(partner=PARTNER, key=MD5_KEY, gateway=stub.url)
-    assert callable(config.protocol().query_event)  # the legacy protocol can confirm, for reconcile ...
+    # The legacy protocol can confirm, for reconcile ...
+    paid = TradeQuery(True, "R1", "2024", "TRADE_SUCCESS", Decimal("9.90"), None, None, None, {})
+    event = query_event(config.protocol(), paid)
+    assert event is not None and (event.kind, event.key) == (PAID, f"paid:{PARTNER}:R1")
     with pytest.raises(ValueError, match="confirm_returns is for the Open Platform"):
         Alipay(config, ledger=new_ledger(), confirm_returns=True)  # ... but its returns carry their status

@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
-from legacy_gateway import LegacyGateway
 
 from alipay_middleware import AlipayClient, GatewayUnavailable, LegacyClient, LegacyConfig
 from alipay_middleware.gateway.transport import Transport, notify_verify, parse_proxy
 from certfactory import dn, issue
 from conftest import APP_ID, MD5_KEY, PARTNER, GatewayStub, Keys, Recorder, legacy_body, legacy_fields, make_config
+from legacy_gateway import LegacyGateway
 from openapi_gateway import OpenApiGateway
 
 NOTIFY = "/alipay/notify"

@@ -33,7 +33,7 @@ import pytest
 import uvicorn
 
 from alipay_middleware import Alipay
-from alipay_middleware.callbacks.flow import VerifiedIds
+from alipay_middleware.callbacks.memory import VerifiedIds
 from alipay_middleware.ledger import DONE, SQLiteLedger
 from conftest import (
     APP_ID,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, precheck
+from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow_in_thread
 from .port import FrontPort, check_port

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 
-from ..callbacks.flow import Steps
+from ..callbacks.steps import Steps
 
 T = TypeVar("T")
 

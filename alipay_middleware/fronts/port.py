@@ -11,7 +11,7 @@ import inspect
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, cast
 
-from ..callbacks.flow import Flow, Steps
+from ..callbacks.steps import Flow, Steps
 from ..events import ReturnResult
 from ..protocols.helper import HelperSettings
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
-from ..callbacks.flow import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
+from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow
 from .port import FrontPort, check_port

@@ -66,7 +66,7 @@ Decisions (the safe side wherever the sources are silent or disagree):
 - XML: a DTD (``<!DOCTYPE``/``<!ENTITY``) is refused before parsing, the size is bounded by
   ``max_response``, repeated elements are refused (like duplicate JSON keys), elements nested inside a trade
   field are neither signed (as in Yurun's rule) nor returned.
-- The :class:`~alipay_middleware.gateway.client.TradeQuery`: ``total_amount`` is ``total_fee``;
+- The :class:`~alipay_middleware.gateway.results.TradeQuery`: ``total_amount`` is ``total_fee``;
   ``buyer_pay_amount``/``receipt_amount`` are None (the service has no such fields); ``send_pay_date`` is
   ``gmt_payment`` (aware, UTC+8); ``raw`` holds the verified trade fields only. ``TRADE_PENDING`` (paid into
   a frozen account) is not ``paid``.
@@ -87,22 +87,13 @@ from decimal import Decimal
 from typing import NoReturn
 from urllib.parse import quote_plus, urlencode
 
-from ..alipay import Alipay
 from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
 from ..protocols.legacy import RULE, LegacyConfig, LegacyProtocol
 from ..wire.form import normalize_charset, parse_cst
 from ..wire.signing import Verifier, sign_string
-from .client import (
-    CloseResult,
-    RefundQuery,
-    RefundResult,
-    TradeQuery,
-    _amount,
-    _Call,
-    _config_and_protocol,
-    _GatewayClient,
-    _trade_biz,
-)
+from .base import Call, GatewayClient, Host, config_and_protocol
+from .fields import amount_field, trade_biz
+from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
 from .transport import USER_AGENT
 
 __all__ = ["SINGLE_TRADE_QUERY", "LegacyAnswer", "LegacyClient", "parse_single_trade_query"]
@@ -192,7 +183,7 @@ def _strip(element: ET.Element | None) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-class LegacyClient(_GatewayClient):
+class LegacyClient(GatewayClient):
     """``single_trade_query`` for a legacy merchant, synchronous, on the standard library.
 
     ``alipay_or_config``: an :class:`~alipay_middleware.Alipay` on a ``LegacyConfig`` (its gateway, partner
@@ -202,14 +193,14 @@ class LegacyClient(_GatewayClient):
 
     def __init__(
         self,
-        alipay_or_config: Alipay | LegacyConfig,
+        alipay_or_config: Host | LegacyConfig,
         *,
         timeout: float = 10.0,
         retries: int = 2,
         backoff: float = 0.2,
         max_response: int = 1024 * 1024,
     ) -> None:
-        config, protocol = _config_and_protocol(alipay_or_config)
+        config, protocol = config_and_protocol(alipay_or_config)
         if not isinstance(config, LegacyConfig) or not isinstance(protocol, LegacyProtocol):
             raise TypeError(f"LegacyClient speaks the legacy mapi gateway (partner id + MD5/RSA); it does not "
                             f"support {type(config).__name__}. For an OpenApiConfig use AlipayClient")
@@ -218,10 +209,10 @@ class LegacyClient(_GatewayClient):
         self.protocol = protocol
 
     def __repr__(self) -> str:
-        return f"<LegacyClient {self.config.partner} {self._host}>"
+        return f"<LegacyClient {self.config.partner} {self.host}>"
 
     @property
-    def _ident(self) -> str:
+    def account(self) -> str:
         return self.config.partner
 
     def query(self, *, out_trade_no: str | None = None, trade_no: str | None = None) -> TradeQuery:
@@ -229,7 +220,7 @@ class LegacyClient(_GatewayClient):
         ``TRADE_NOT_EXIST`` (also spelled ``TRADE_IS_NOT_EXIST``). Retried on network trouble. Raises
         :class:`AlipayApiError` for any other error code, :class:`GatewayUnavailable`,
         :class:`ResponseError` (an answer that fails verification, a replay: :class:`ResponseMismatch`)."""
-        biz = {k: str(v) for k, v in _trade_biz(out_trade_no, trade_no).items()}
+        biz = {k: str(v) for k, v in trade_biz(out_trade_no, trade_no).items()}
         charset = self.config.input_charset
         with self._logged(SINGLE_TRADE_QUERY, out_trade_no, trade_no) as call:
             raw = self._attempts(SINGLE_TRADE_QUERY, lambda: self._get(biz, charset), idempotent=True, call=call)
@@ -248,7 +239,7 @@ class LegacyClient(_GatewayClient):
                 out_trade_no=trade.get("out_trade_no") or out_trade_no or "",
                 trade_no=trade.get("trade_no") or trade_no or "",
                 trade_status=status,
-                total_amount=_amount(SINGLE_TRADE_QUERY, trade, "total_fee"),
+                total_amount=amount_field(SINGLE_TRADE_QUERY, trade, "total_fee"),
                 buyer_pay_amount=None,
                 receipt_amount=None,
                 send_pay_date=parse_cst(trade.get("gmt_payment")),
@@ -262,7 +253,7 @@ class LegacyClient(_GatewayClient):
         return self._send("GET", target, None, {"Accept": "text/xml", "User-Agent": USER_AGENT})
 
     @staticmethod
-    def _failure(answer: LegacyAnswer, out_trade_no: str | None, trade_no: str | None, call: _Call) -> TradeQuery:
+    def _failure(answer: LegacyAnswer, out_trade_no: str | None, trade_no: str | None, call: Call) -> TradeQuery:
         code = answer.error or "no_error_code"
         if code in NOT_EXIST:
             call.outcome = f"F/{code}"

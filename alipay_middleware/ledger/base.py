@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
-from typing import Any
+from typing import Any, Final, Literal
 
 from ..events import PaymentEvent
 
@@ -41,16 +41,21 @@ PRUNE_KEEP = (
     "gmt_payment", "gmt_refund", "gmt_close",
 )
 
-CLAIMED = "claimed"
-ALREADY_DONE = "done"
-BUSY = "busy"
+#: What :meth:`Ledger.claim` found: the lease is the caller's now, the event is done, or it (or its trade) is leased.
+ClaimState = Literal["claimed", "done", "busy"]
+CLAIMED: Final = "claimed"
+ALREADY_DONE: Final = "done"
+BUSY: Final = "busy"
+
+#: The dedupe key prefix of :meth:`Ledger.record_foreign`'s rows (and of their trade keys): never one of ours.
+FOREIGN_PREFIX: Final = "foreign:"
 
 
 @dataclass(frozen=True)
 class Claim:
     """The answer to :meth:`Ledger.claim`."""
 
-    state: str  # CLAIMED, ALREADY_DONE or BUSY
+    state: ClaimState
     attempt: int = 0  # for CLAIMED: 1 on the first call of the hook
     retry_after: float = 0.0  # for BUSY: seconds until the holder's lease runs out
 

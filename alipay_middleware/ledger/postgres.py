@@ -82,6 +82,7 @@ from .base import (
     CLAIMED,
     DONE,
     FAILED,
+    FOREIGN_PREFIX,
     PRUNE_KEEP,
     RECEIVED,
     REJECTED,
@@ -567,8 +568,9 @@ class PostgresLedger(Ledger):
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
         row = _row(event, raw_body, charset, REJECTED)
+        keys = (f"{FOREIGN_PREFIX}{ident}", f"{FOREIGN_PREFIX}{event.trade_key}")
         with self._tx(single=True) as cur:
-            cur.execute(self._q.insert_foreign, (f"foreign:{ident}", f"foreign:{event.trade_key}", *row[2:], reason))
+            cur.execute(self._q.insert_foreign, (*keys, *row[2:], reason))
 
     def is_done(self, key: str) -> bool:
         with self._tx(single=True) as cur:

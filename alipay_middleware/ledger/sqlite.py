@@ -30,6 +30,7 @@ from .base import (
     CLAIMED,
     DONE,
     FAILED,
+    FOREIGN_PREFIX,
     PRUNE_KEEP,
     RECEIVED,
     REJECTED,
@@ -341,14 +342,14 @@ class SQLiteLedger(Ledger):
 
     def record_foreign(self, event: PaymentEvent, raw_body: bytes, charset: str, reason: str) -> None:
         ident = event.notify_id or hashlib.sha256(raw_body).hexdigest()[:32]
-        foreign = f"foreign:{ident}"
+        foreign = f"{FOREIGN_PREFIX}{ident}"
         now = time.time()
         row = self._row(event, raw_body, charset, REJECTED)
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO {self.table} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?) "
                 "ON CONFLICT (dedupe_key) DO UPDATE SET attempts = attempts + 1, updated_at = excluded.updated_at",
-                (foreign, f"foreign:{event.trade_key}", *row[2:], reason, now, now),
+                (foreign, f"{FOREIGN_PREFIX}{event.trade_key}", *row[2:], reason, now, now),
             )
 
     def is_done(self, key: str) -> bool:

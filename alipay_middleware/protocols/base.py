@@ -1,6 +1,6 @@
 """The protocol-neutral interface the callback core talks to.
 
-A protocol knows how its callbacks are signed and what their fields mean; the core (``core.py``) knows
+A protocol knows how its callbacks are signed and what their fields mean; the callback core (``callbacks/``) knows
 the order of things (verify, check the recipient, record, check the order, call the hook, acknowledge).
 The Open Platform lives in ``openapi.py``; the legacy ``create_direct_pay_by_user`` service slots in
 beside it by implementing the same few methods.
@@ -8,19 +8,15 @@ beside it by implementing the same few methods.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from ..errors import Rejection
-from ..events import CLOSED, PAID, PaymentEvent, ReturnResult
+from ..errors import Rejection, RejectionReason
+from ..events import PAID, Kind, PaymentEvent, ReturnResult
 from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_charset
 from ..wire.signing import Verifier, sign_string
-
-if TYPE_CHECKING:
-    from ..gateway.client import TradeQuery
 
 
 def verify_signed_fields(
@@ -77,7 +73,7 @@ class Protocol(ABC):
         """Raise :class:`Rejection` unless the browser return's signature verifies."""
 
     @abstractmethod
-    def recipient_problem(self, fields: Mapping[str, str]) -> str | None:
+    def recipient_problem(self, fields: Mapping[str, str]) -> RejectionReason | None:
         """A reason code when a verified message is addressed to another app or seller."""
 
     @abstractmethod
@@ -95,42 +91,6 @@ class Protocol(ABC):
         """
         return None
 
-    def query_event(self, query: TradeQuery) -> PaymentEvent | None:
-        """The event a verified trade query answer (``alipay.trade.query`` or the legacy
-        ``single_trade_query``) proves by itself: paid, or closed unpaid.
-
-        None for anything else (waiting, ``TRADE_PENDING``, unknown to Alipay, and a closed trade that had
-        been paid: a full refund, which the refund notification reports with its own key). The keys are the
-        notify's, so whichever of the two comes first runs the hook.
-        """
-        if not query.exists or not query.out_trade_no:
-            return None
-        if query.paid:
-            kind = PAID
-        elif query.trade_status == "TRADE_CLOSED" and query.send_pay_date is None:
-            kind = CLOSED
-        else:
-            return None
-        raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-               for k, v in query.raw.items()}
-        return PaymentEvent(
-            kind=kind,
-            key=self.key(kind, query.out_trade_no),
-            trade_key=f"{self.account}:{query.out_trade_no}",
-            out_trade_no=query.out_trade_no,
-            trade_no=query.trade_no,
-            trade_status=query.trade_status or "",
-            total_amount=query.total_amount,
-            refund_fee=None,
-            out_biz_no="",
-            notify_id="",
-            gmt_payment=query.send_pay_date,
-            gmt_refund=None,
-            app_id=self.app_id,
-            seller_id=raw.get("seller_id", ""),
-            raw=raw,
-        )
-
     def origin_url(self, fields: Mapping[str, str], *, on_return: bool) -> str | None:
         """The URL whose answer proves a verified message really came from Alipay just now, or None
         when the protocol has no such check (the Open Platform's RSA signature is the proof).
@@ -145,7 +105,7 @@ class Protocol(ABC):
     def check_origin(self, answer: bytes) -> None:  # noqa: B027 - nothing to check without an origin URL
         """Raise :class:`Rejection` unless ``answer`` (the body behind :meth:`origin_url`) accepts."""
 
-    def amount_problem(self, expected: object, event: PaymentEvent) -> str | None:
+    def amount_problem(self, expected: object, event: PaymentEvent) -> RejectionReason | None:
         """A reason code when the event's amount does not match ``order_amount``'s answer."""
         if expected is None:
             return "unknown_order"
@@ -157,7 +117,7 @@ class Protocol(ABC):
             return "amount_mismatch"
         return None
 
-    def key(self, kind: str, *parts: str) -> str:
+    def key(self, kind: Kind, *parts: str) -> str:
         """A dedupe key, namespaced by the merchant: ``paid:<app_id>:<out_trade_no>`` and the like."""
         return ":".join((kind, self.account, *parts))
 

@@ -23,8 +23,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote_plus, urlencode, urlsplit
 
-from ..errors import Rejection
-from ..events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
+from ..errors import Rejection, RejectionReason
+from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnResult
 from ..wire.form import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
@@ -197,7 +197,7 @@ class LegacyProtocol(Protocol):
     def verify_return(self, fields: Mapping[str, str], charset: str) -> None:
         verify_signed_fields(fields, charset, self.config._verifier, (RULE,))
 
-    def recipient_problem(self, fields: Mapping[str, str]) -> str | None:
+    def recipient_problem(self, fields: Mapping[str, str]) -> RejectionReason | None:
         config = self.config
         if config.seller_id is not None and fields.get("seller_id") != config.seller_id:
             return "seller_id_mismatch"
@@ -239,6 +239,7 @@ class LegacyProtocol(Protocol):
         refund_status = fields.get("refund_status", "")
         gmt_refund = fields.get("gmt_refund", "")
         trade = out_trade_no or f"notify:{notify_id}"
+        kind: Kind
         if not out_trade_no:  # not a trade message: recorded, never hooked
             kind, key = OTHER, self.key(OTHER, "notify", notify_id or fields.get("sign", "")[:32])
         elif refund_status == "REFUND_SUCCESS":
@@ -292,7 +293,7 @@ class LegacyProtocol(Protocol):
             paid=self._return_paid(fields) and not fields.get("refund_status"),
         )
 
-    def amount_problem(self, expected: object, event: PaymentEvent) -> str | None:
+    def amount_problem(self, expected: object, event: PaymentEvent) -> RejectionReason | None:
         problem = super().amount_problem(expected, event)
         if problem != "amount_mismatch" or event.raw.get("use_coupon") != "Y":
             return problem

@@ -24,7 +24,8 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from Crypto.PublicKey import RSA
 
-from ..events import CLOSED, OTHER, PAID, REFUNDED, PaymentEvent, ReturnResult
+from ..errors import RejectionReason
+from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnResult
 from ..wire.form import cst_timestamp, format_amount, parse_cst
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import RsaSigner, RsaVerifier, sign_string
@@ -169,7 +170,7 @@ class OpenApiProtocol(Protocol):
     def verify_return(self, fields: Mapping[str, str], charset: str) -> None:
         verify_signed_fields(fields, charset, self.verifier, (RULE_V1,))
 
-    def recipient_problem(self, fields: Mapping[str, str]) -> str | None:
+    def recipient_problem(self, fields: Mapping[str, str]) -> RejectionReason | None:
         if fields.get("app_id") != self.config.app_id:
             return "app_id_mismatch"
         seller = self.config.seller_id
@@ -185,6 +186,7 @@ class OpenApiProtocol(Protocol):
         total = amount_field(fields, "total_amount")
         is_refund = bool(fields.get("gmt_refund")) or (refund_fee is not None and refund_fee > 0)
         trade = out_trade_no or f"notify:{notify_id}"
+        kind: Kind
         if not out_trade_no:  # not a trade message (another notify_type): recorded, never hooked
             kind, key = OTHER, self.key(OTHER, "notify", notify_id or fields.get("sign", "")[:32])
         elif is_refund:

@@ -220,7 +220,7 @@ class Simulator:
         if body:
             for name, value in parse_form(body, charset).items():
                 if fields.setdefault(name, value) != value:
-                    raise Rejection("conflict", 400, f"{name} differs between the URL and the form")
+                    raise Rejection("conflict", 400, f"{name} differs between the URL and the form")  # type: ignore[arg-type]
         return fields
 
     def _openapi_gateway(self, request: Request, query: bytes, body: bytes) -> Response:
