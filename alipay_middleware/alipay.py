@@ -1,4 +1,4 @@
-"""``Alipay``: one configuration, its hooks, its ledger, and the two ways to mount it."""
+"""``Alipay``, the composition root: one configuration, its hooks, its ledger, and the two ways to mount it."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from .callbacks.confirm import Confirmation, confirm_flow
 from .callbacks.flow import notify_flow, return_flow
 from .callbacks.memory import VerifiedIds
 from .callbacks.steps import Flow, Steps
 from .events import CLOSED, PAID, REFUNDED, ReturnResult
+from .fronts.asgi import AlipayASGIMiddleware
+from .fronts.drive import await_if_needed, run_flow
+from .fronts.wsgi import AlipayWSGIMiddleware
 from .gateway.aio import AsyncAlipayClient
 from .gateway.client import AlipayClient
 from .gateway.factory import client_for
@@ -29,12 +32,8 @@ from .gateway.transport import notify_verify
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
 from .protocols.helper import check_allowed_hosts, check_base_url
-
-if TYPE_CHECKING:
-    from .fronts.asgi import AlipayASGIMiddleware
-    from .fronts.wsgi import AlipayWSGIMiddleware
-    from .protocols.legacy import LegacyConfig
-    from .protocols.openapi import OpenApiConfig
+from .protocols.legacy import LegacyConfig
+from .protocols.openapi import OpenApiConfig, OpenApiProtocol
 
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,13 +247,9 @@ class Alipay:
     # -- mounting ----------------------------------------------------------------------------------
 
     def wsgi(self, app: Any) -> AlipayWSGIMiddleware:
-        from .fronts.wsgi import AlipayWSGIMiddleware
-
         return AlipayWSGIMiddleware(app, alipay=self)
 
     def asgi(self, app: Any) -> AlipayASGIMiddleware:
-        from .fronts.asgi import AlipayASGIMiddleware
-
         return AlipayASGIMiddleware(app, alipay=self)
 
     def helper(self, base_url: str) -> Any:
@@ -323,8 +318,6 @@ class Alipay:
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
         returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order.
         """
-        from .fronts.drive import await_if_needed, run_flow
-
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
         if not 0 <= older_than_minutes <= 60 * 24 * 365:
@@ -349,8 +342,6 @@ class Alipay:
 def _is_open_platform(protocol: object) -> bool:
     # Named, not duck-typed: every protocol can turn a trade query into an event (for reconcile), but legacy returns
     # carry their status, so confirm_returns stays an Open Platform setting.
-    from .protocols.openapi import OpenApiProtocol
-
     return isinstance(protocol, OpenApiProtocol)
 
 

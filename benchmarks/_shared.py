@@ -17,8 +17,7 @@ from Crypto.Hash import SHA256
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
-from alipay_middleware import Alipay, OpenApiConfig
-from alipay_middleware.wire.signing import sign_string
+from alipay_middleware import Alipay, OpenApiConfig, sign_string
 
 APP_ID = "2021000000000001"
 SELLER_ID = "2088000000000001"

@@ -27,8 +27,7 @@ from _shared import best_interleaved, print_table, us
 from Crypto.PublicKey import RSA
 from werkzeug.test import EnvironBuilder
 
-from alipay_middleware import Alipay, LegacyConfig
-from alipay_middleware.wire.signing import sign_string
+from alipay_middleware import Alipay, LegacyConfig, sign_string
 
 PARTNER = "2088000000000002"
 MD5_KEY = "k3xq9z0m1n2b3v4c5x6z7l8k9j0h1g2f"

@@ -44,7 +44,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import alipay_middleware
-from alipay_middleware.wire.signing import sign_string
+from alipay_middleware import sign_string
 
 PARTNER = "2088000000000002"
 MD5_KEY = "k3xq9z0m1n2b3v4c5x6z7l8k9j0h1g2f"

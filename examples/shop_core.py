@@ -45,8 +45,8 @@ from alipay_middleware import (
     LegacyClient,
     OpenApiConfig,
     OutcomeUnknown,
+    format_amount,
 )
-from alipay_middleware.wire.form import format_amount
 
 log = logging.getLogger("shop")
 

@@ -1,4 +1,4 @@
-"""The notify flow, written once, with no I/O of its own.
+"""The notify, return and replay flows, written once, with no I/O of their own.
 
 ``notify_flow`` is a generator in the style of httpx's auth flows: it decides everything and *yields*
 each blocking or user-supplied step as a :class:`Call` (ledger writes, ``order_amount``, the hook). A

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ..alipay import Alipay
 from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow_in_thread
+from .port import FrontPort, check_port
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -61,13 +61,12 @@ def asgi_origin(scope: Scope) -> RequestOrigin:
 
 
 class AlipayASGIMiddleware:
-    def __init__(self, app: ASGIApp, alipay: Alipay) -> None:
+    def __init__(self, app: ASGIApp, alipay: FrontPort) -> None:
         if not callable(app):
             raise TypeError("the wrapped app must be an ASGI callable")
-        if not isinstance(alipay, Alipay):
-            raise TypeError("AlipayASGIMiddleware needs alipay=Alipay(...)")
         self.app = app
-        self.alipay = alipay
+        self.alipay = check_port(alipay, "AlipayASGIMiddleware")
+        self._started = False
         self._notify_path = alipay.notify_path
         self._return_path = alipay.return_path
         self._helper = alipay.protocol.helper_class
@@ -76,8 +75,9 @@ class AlipayASGIMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         alipay = self.alipay
-        if not alipay._started:
+        if not self._started:
             alipay.start()
+            self._started = True
         path = scope["path"]
         root = scope.get("root_path")
         if root and path.startswith(root):

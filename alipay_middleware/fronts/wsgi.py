@@ -20,10 +20,10 @@ from urllib.parse import quote
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import get_input_stream
 
-from ..alipay import Alipay
 from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow
+from .port import FrontPort, check_port
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -43,19 +43,21 @@ def wsgi_client(environ: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 class AlipayWSGIMiddleware:
-    def __init__(self, app: WSGIApp, alipay: Alipay) -> None:
+    def __init__(self, app: WSGIApp, alipay: FrontPort) -> None:
         if not callable(app):
             raise TypeError("the wrapped app must be a WSGI callable")
         self.app = app
-        self.alipay = alipay
+        self.alipay = check_port(alipay, "AlipayWSGIMiddleware")
+        self._started = False
         self._notify_path = alipay.notify_path
         self._return_path = alipay.return_path
         self._helper = alipay.protocol.helper_class
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         alipay = self.alipay
-        if not alipay._started:
+        if not self._started:
             alipay.start()
+            self._started = True
         path = environ.get("PATH_INFO", "")
         if path == self._notify_path:
             return self._notify(environ, start_response)

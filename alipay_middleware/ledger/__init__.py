@@ -1,9 +1,14 @@
-"""Ledgers: where verified events are recorded before their hooks run. See :mod:`.base`."""
+"""Ledgers: where verified events are recorded before their hooks run, and ``open_ledger`` to pick one.
+
+The interface is :mod:`.base`; :class:`SQLiteLedger` (:mod:`.sqlite`) is imported on first use, so a module
+that needs only the interface does not load ``sqlite3``. ``PostgresLedger`` lives in :mod:`.postgres`.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .base import (
@@ -19,7 +24,9 @@ from .base import (
     Ledger,
     StoredEvent,
 )
-from .sqlite import SQLiteLedger
+
+if TYPE_CHECKING:  # at run time __getattr__ below imports it on first use
+    from .sqlite import SQLiteLedger
 
 _NAMES = ("schema", "table")
 _POSTGRES_URL = ("postgresql://", "postgres://")
@@ -68,6 +75,8 @@ def open_ledger(spec: str | Ledger, *, create: bool = True) -> Ledger:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"ledger must be a URL string or a Ledger instance, not {type(spec).__name__}")
+    from .sqlite import SQLiteLedger
+
     if spec == ":memory:":
         return SQLiteLedger(":memory:")
     if spec.startswith("sqlite:///"):
@@ -106,3 +115,19 @@ __all__ = [
     "ALREADY_DONE", "BUSY", "CLAIMED", "DONE", "FAILED", "PRUNE_KEEP", "RECEIVED", "REJECTED",
     "Claim", "Ledger", "SQLiteLedger", "StoredEvent", "is_postgres_setting", "open_ledger", "split_table_params",
 ]
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would otherwise accept any name as this one's result
+
+    def __getattr__(name: str) -> Any:
+        """``SQLiteLedger``, imported on first use (PEP 562) and kept here for the next."""
+        if name != "SQLiteLedger":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from .sqlite import SQLiteLedger
+
+        globals()[name] = SQLiteLedger
+        return SQLiteLedger
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

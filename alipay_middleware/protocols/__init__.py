@@ -1,2 +1,4 @@
-"""Protocol knowledge: the Open Platform and the legacy service, certificates, the shared validators and the
-pay helper behind ``environ["alipay"]``."""
+"""Protocol knowledge: the Open Platform, the legacy service, certificates, shared validators, the pay helper.
+
+The pay helper is what a request finds in ``environ["alipay"]`` / ``scope["alipay"]``.
+"""

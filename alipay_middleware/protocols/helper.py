@@ -20,13 +20,13 @@ import html
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from ..errors import UntrustedHost
 
 if TYPE_CHECKING:
-    from ..alipay import Alipay
+    from .base import Protocol as AlipayProtocol
 
 
 class RequestOrigin(NamedTuple):
@@ -226,12 +226,38 @@ def render_form(action: str, params: Mapping[str, str], form_id: str = "alipay-p
     )
 
 
+class CallbackUrls(Protocol):
+    """The configured callback URLs (``OpenApiConfig`` and ``LegacyConfig`` both have them)."""
+
+    @property
+    def notify_url(self) -> str | None: ...
+    @property
+    def return_url(self) -> str | None: ...
+
+
+class HelperSettings(Protocol):
+    """What a pay helper reads of the ``Alipay`` instance that made it (``Alipay`` is one)."""
+
+    @property
+    def config(self) -> CallbackUrls: ...
+    @property
+    def protocol(self) -> AlipayProtocol: ...
+    @property
+    def notify_path(self) -> str: ...
+    @property
+    def return_path(self) -> str: ...
+    @property
+    def allowed_hosts(self) -> tuple[str, ...] | None: ...
+    @property
+    def trusted_proxies(self) -> int: ...
+
+
 class RequestHelper:
     """Base of the protocol helpers: knows the request's origin, resolves callback URLs."""
 
     __slots__ = ("_alipay", "_request", "_origin_of", "_client_of")
 
-    def __init__(self, alipay: Alipay, request: Any, origin_of: Callable[[Any], RequestOrigin | str],
+    def __init__(self, alipay: HelperSettings, request: Any, origin_of: Callable[[Any], RequestOrigin | str],
                  client_of: Callable[[Any], tuple[str | None, str | None]] = no_client) -> None:
         self._alipay = alipay
         self._request = request

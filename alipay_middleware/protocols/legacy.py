@@ -25,13 +25,13 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from ..errors import Rejection, RejectionReason
 from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnResult
-from ..gateway.transport import parse_proxy
 from ..wire.form import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
 from .base import Protocol, amount_field, verify_signed_fields
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .openapi import check_gateway
+from .proxy import parse_proxy
 
 if TYPE_CHECKING:
     pass

@@ -26,13 +26,13 @@ from Crypto.PublicKey import RSA
 
 from ..errors import RejectionReason
 from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnResult
-from ..gateway.transport import parse_proxy
 from ..wire.form import cst_timestamp, format_amount, parse_cst
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import RsaSigner, RsaVerifier, sign_string
 from .base import Protocol, amount_field, verify_signed_fields
 from .certs import load_certificate_mode
 from .helper import RequestHelper, check_callback_url, render_form
+from .proxy import parse_proxy
 
 if TYPE_CHECKING:
     pass

@@ -153,7 +153,7 @@ class Simulator:
         self._notifier.close()
         self._store.close()
 
-    def serve(self, host: str = "127.0.0.1", port: int = 0) -> SimServer:
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> SimServer[Simulator]:
         """Run on a threaded werkzeug server in a daemon thread. Loopback addresses only."""
         if not is_loopback_url(f"http://{host}/") and host != "localhost":
             raise ValueError(f"the simulator binds to loopback only (127.0.0.1, ::1), not {host!r}: it is a "

@@ -1,5 +1,4 @@
-"""What the simulator refuses before it routes a request: a Host that is not this machine, and a
-cross-origin POST to its own pages.
+"""What the simulator refuses before routing: a Host that is not this machine, a cross-origin POST to its pages.
 
 The simulator pays whatever it is asked to pay and switches faults for whoever asks, so two browser
 attacks matter even though it listens on loopback only:

@@ -1,5 +1,6 @@
-"""The legacy service on ``gateway.do``: ``create_direct_pay_by_user`` and its wap twin, ``notify_verify``
-and ``single_trade_query``.
+"""The legacy service on ``gateway.do``: the two direct pay services, ``notify_verify``, ``single_trade_query``.
+
+The pay services are ``create_direct_pay_by_user`` and its wap twin.
 
 Requests are signed over every parameter but ``sign`` and ``sign_type``, empty values dropped, sorted,
 raw ``k=v`` joined with ``&``, in ``_input_charset`` (GBK when it is missing, as at Alipay): ``MD5`` is

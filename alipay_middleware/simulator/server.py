@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-if TYPE_CHECKING:
-    from .app import Simulator
+
+class Served(Protocol):
+    """What the server runs: a WSGI app that can be closed (the :class:`~.app.Simulator`)."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]: ...
+
+    def close(self) -> None: ...
 
 
-class SimServer:
+S = TypeVar("S", bound=Served)
+
+
+class SimServer(Generic[S]):
     """A running simulator: ``url``, ``gateway_url``; ``close()`` stops the server and the notifier."""
 
-    def __init__(self, simulator: Simulator, host: str, port: int) -> None:
+    def __init__(self, simulator: S, host: str, port: int) -> None:
         self.simulator = simulator
         self._server: BaseWSGIServer = make_server(host, port, simulator, threaded=True)
         bound = self._server.server_address
@@ -30,7 +39,7 @@ class SimServer:
     def __repr__(self) -> str:
         return f"<SimServer {self.url}>"
 
-    def __enter__(self) -> SimServer:
+    def __enter__(self) -> SimServer[S]:
         return self
 
     def __exit__(self, *exc: object) -> None:
