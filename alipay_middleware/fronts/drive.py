@@ -1,6 +1,6 @@
 """The one driver of the core's flows (notify and return), shared by both fronts.
 
-A flow (``flow.py``) yields each blocking or user-supplied step; this runs them in order in the
+A flow (``callbacks/``) yields each blocking or user-supplied step; this runs them in order in the
 calling thread. Coroutine functions (async hooks, an async ``order_amount``) go through asgiref's
 ``async_to_sync``: under WSGI that runs them to completion on a private loop; under ASGI, where the
 whole flow runs in a worker thread via ``sync_to_async``, asgiref hands them back to the server's event

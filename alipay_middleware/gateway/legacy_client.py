@@ -224,7 +224,7 @@ class LegacyClient(GatewayClient):
         charset = self.config.input_charset
         with self._logged(SINGLE_TRADE_QUERY, out_trade_no, trade_no) as call:
             raw = self._attempts(SINGLE_TRADE_QUERY, lambda: self._get(biz, charset), idempotent=True, call=call)
-            answer = parse_single_trade_query(raw, charset, self.config._verifier)
+            answer = parse_single_trade_query(raw, charset, self.protocol.verifier)
             if not answer.success:
                 return self._failure(answer, out_trade_no, trade_no, call)
             trade = answer.trade

@@ -26,7 +26,7 @@ after it; user name and password are percent-decoded. The credentials never appe
 exception message or a repr.
 
 The callback flow never calls :func:`notify_verify` itself: it yields the call to its driver (see
-``flow.py``), which runs it in the request's thread (WSGI) or in the ``Alipay`` instance's thread pool
+``callbacks/``), which runs it in the request's thread (WSGI) or in the ``Alipay`` instance's thread pool
 (ASGI), never on the event loop.
 """
 

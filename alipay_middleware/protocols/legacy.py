@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 from ..errors import Rejection, RejectionReason
@@ -32,9 +32,6 @@ from .base import Protocol, amount_field, verify_signed_fields
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .openapi import check_gateway
 from .proxy import parse_proxy
-
-if TYPE_CHECKING:
-    pass
 
 LEGACY_GATEWAY = "https://mapi.alipay.com/gateway.do"
 
@@ -182,6 +179,8 @@ class LegacyProtocol(Protocol):
         self.account = config.partner
         self.default_charset = config.input_charset
         self.origin_timeout = config.verify_timeout
+        #: What callbacks and ``single_trade_query`` answers are verified with (MD5 key or Alipay's RSA key).
+        self.verifier = config._verifier
 
     # -- callbacks ---------------------------------------------------------------------------------
 
@@ -192,10 +191,10 @@ class LegacyProtocol(Protocol):
         return parse_form(raw, charset), charset
 
     def verify_notify(self, fields: Mapping[str, str], charset: str) -> None:
-        verify_signed_fields(fields, charset, self.config._verifier, (RULE,))
+        verify_signed_fields(fields, charset, self.verifier, (RULE,))
 
     def verify_return(self, fields: Mapping[str, str], charset: str) -> None:
-        verify_signed_fields(fields, charset, self.config._verifier, (RULE,))
+        verify_signed_fields(fields, charset, self.verifier, (RULE,))
 
     def recipient_problem(self, fields: Mapping[str, str]) -> RejectionReason | None:
         config = self.config

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import quote_plus, urlencode, urlsplit
 
 from Crypto.PublicKey import RSA
@@ -33,9 +33,6 @@ from .base import Protocol, amount_field, verify_signed_fields
 from .certs import load_certificate_mode
 from .helper import RequestHelper, check_callback_url, render_form
 from .proxy import parse_proxy
-
-if TYPE_CHECKING:
-    pass
 
 PRODUCTION_GATEWAY = "https://openapi.alipay.com/gateway.do"
 SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
