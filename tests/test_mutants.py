@@ -1,0 +1,148 @@
+"""Tests that kill one-line mutants a mutation spot-check found surviving (issue 13, section 3).
+
+Each test names the change it catches: the fixtures used to set the fields involved equal (or present),
+so reading the wrong one, or not reading it at all, went unnoticed. Both fronts, the SQLite ledger (the
+behaviour under test is the protocol's and the flow's, not the ledger's).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from alipay_middleware.ledger import DONE, REJECTED
+from conftest import APP_ID, Recorder, legacy_body, legacy_fields, notify_fields, signed_body
+
+NOTIFY = "/alipay/notify"
+
+
+def assert_success(response: Any) -> None:
+    assert (response.status, response.body) == (200, b"success"), response
+
+
+def assert_fail(response: Any, status: int) -> None:
+    assert (response.status, response.body) == (status, b"fail"), response
+
+
+class Shop:
+    def __init__(self, alipay: Any, client: Any, keys: Any) -> None:
+        self.alipay, self.client, self.keys = alipay, client, keys
+        self.paid, self.closed, self.refunded = Recorder(), Recorder(), Recorder()
+        alipay.on_paid(self.paid)
+        alipay.on_closed(self.closed)
+        alipay.on_refunded(self.refunded)
+
+    def notify(self, fields: dict[str, str]) -> Any:
+        return self.client.request("POST", NOTIFY, signed_body(fields, self.keys.alipay))
+
+
+@pytest.fixture
+def shop(make_alipay, mount, keys) -> Shop:
+    alipay = make_alipay(orders={"T1": "9.90"})
+    return Shop(alipay, mount(alipay), keys)
+
+
+# -- 1. the amount checked is total_amount, never receipt_amount --------------------------------------------
+
+def test_amount_check_reads_total_amount_not_receipt_amount(shop):
+    # A discount paid by Alipay (a coupon, points) makes receipt_amount lower than the order's total.
+    assert_success(shop.notify(notify_fields("T1", "9.90", receipt_amount="8.90")))
+    assert [e.total_amount for e in shop.paid.calls] == [Decimal("9.90")]
+
+
+def test_receipt_amount_matching_the_order_does_not_hide_a_wrong_total(shop):
+    assert_fail(shop.notify(notify_fields("T1", "8.90", receipt_amount="9.90")), 409)
+    assert shop.paid.calls == []
+    stored = shop.alipay.ledger.get(f"paid:{APP_ID}:T1")
+    assert stored.status == REJECTED and stored.reason == "amount_mismatch"
+
+
+# -- 2. no total_amount: 409 amount_missing, no hook ----------------------------------------------------------
+
+@pytest.mark.parametrize("receipt", ["9.90", None])
+def test_payment_without_total_amount_is_409_amount_missing(shop, receipt):
+    fields = notify_fields("T1", "9.90")
+    del fields["total_amount"]
+    if receipt is None:
+        del fields["receipt_amount"]
+    assert_fail(shop.notify(fields), 409)
+    assert shop.paid.calls == []
+    stored = shop.alipay.ledger.get(f"paid:{APP_ID}:T1")
+    assert stored.status == REJECTED and stored.reason == "amount_missing"
+
+
+# -- 3. the legacy seller_email check -------------------------------------------------------------------------
+
+def test_legacy_config_with_only_seller_email_refuses_another_sellers_notification(make_legacy, mount,
+                                                                                      gateway_stub):
+    alipay = make_legacy(orders={"L1": "9.90"}, seller_email="shop@example.com")
+    assert alipay.config.seller_id is None  # only the e-mail identifies the seller here
+    paid = Recorder()
+    alipay.on_paid(paid)
+    client = mount(alipay)
+
+    def notify(fields: dict[str, str]) -> Any:
+        gateway_stub.issue(fields["notify_id"])
+        return client.request("POST", NOTIFY, legacy_body(fields))
+
+    assert_fail(notify(legacy_fields("L1", "9.90", seller_email="thief@example.com")), 400)
+    assert_fail(notify(legacy_fields("L1", "9.90", seller_email=None)), 400)
+    assert paid.calls == []
+    assert {e.reason for e in alipay.ledger.events()} == {"seller_email_mismatch"}
+    assert_success(notify(legacy_fields("L1", "9.90")))  # its own e-mail: paid
+    assert len(paid.calls) == 1
+
+
+# -- 4. refunds: what is one, and each one's hook once ---------------------------------------------------------
+
+def test_refund_fee_without_gmt_refund_and_the_reverse_are_refunds(shop):
+    # Alipay's notification docs (shared/reference/alipay-protocol.md, "Notification semantics") say refunds
+    # arrive with refund_fee (cumulative), gmt_refund and out_biz_no together; they do not say what a
+    # message with only one of refund_fee/gmt_refund is. What is pinned here is the current rule
+    # (openapi.py: either one marks a refund), because its safe side is the point: such a message must never
+    # be taken for a payment (a refund notification keeps trade_status TRADE_SUCCESS) nor call on_paid.
+    assert_success(shop.notify(notify_fields("T1")))
+    only_fee = notify_fields("T1", refund_fee="1.00", out_biz_no="R1")
+    assert_success(shop.notify(only_fee))
+    only_time = notify_fields("T1", gmt_refund="2024-01-02 10:00:00", out_biz_no="R2")
+    assert_success(shop.notify(only_time))
+    assert len(shop.paid.calls) == 1
+    assert [(e.kind, e.out_biz_no, e.refund_fee) for e in shop.refunded.calls] == [
+        ("refunded", "R1", Decimal("1.00")), ("refunded", "R2", None)]
+    # a zero refund_fee without gmt_refund is no refund: it is the payment (already paid)
+    assert_success(shop.notify(notify_fields("T1", refund_fee="0.00")))
+    assert len(shop.refunded.calls) == 2 and len(shop.paid.calls) == 1
+
+
+def test_two_deliveries_of_one_refund_with_different_notify_ids_call_on_refunded_once(shop):
+    assert_success(shop.notify(notify_fields("T1")))
+    refund = {"refund_fee": "1.00", "gmt_refund": "2024-01-02 10:00:00", "out_biz_no": "R1"}
+    first, second = notify_fields("T1", **refund), notify_fields("T1", **refund)
+    assert first["notify_id"] != second["notify_id"]
+    assert_success(shop.notify(first))
+    assert_success(shop.notify(second))
+    assert [e.out_biz_no for e in shop.refunded.calls] == ["R1"]
+    assert shop.alipay.ledger.get(f"refunded:{APP_ID}:T1:R1").status == DONE
+
+
+def test_finished_carrying_an_already_recorded_refund_does_not_call_on_refunded_again(shop):
+    assert_success(shop.notify(notify_fields("T1")))
+    refund = {"refund_fee": "1.00", "gmt_refund": "2024-01-02 10:00:00", "out_biz_no": "R1"}
+    assert_success(shop.notify(notify_fields("T1", **refund)))
+    # Months later the trade is no longer refundable: TRADE_FINISHED, carrying the cumulative refund_fee
+    # (and the refund's fields) already recorded.
+    assert_success(shop.notify(notify_fields("T1", trade_status="TRADE_FINISHED", **refund)))
+    assert len(shop.refunded.calls) == 1
+    assert len(shop.paid.calls) == 1
+
+
+# -- 6. seller_id configured: a message without one is 400 ----------------------------------------------------
+
+def test_message_without_seller_id_is_400_when_seller_id_is_configured(shop):
+    assert shop.alipay.config.seller_id is not None
+    assert_fail(shop.notify(notify_fields("T1", seller_id=None)), 400)
+    assert shop.paid.calls == []
+    [stored] = shop.alipay.ledger.events()
+    assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
