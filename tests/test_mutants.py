@@ -7,13 +7,20 @@ behaviour under test is the protocol's and the flow's, not the ledger's).
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from alipay_middleware.ledger import DONE, REJECTED
-from conftest import APP_ID, Recorder, legacy_body, legacy_fields, notify_fields, signed_body
+from alipay_middleware.ledger import BUSY, CLAIMED, DONE, REJECTED, Ledger, SQLiteLedger, open_ledger
+from conftest import APP_ID, Recorder, drop_postgres_table, legacy_body, legacy_fields, notify_fields, signed_body
+from ledger_events import BODY, PAID
 
 NOTIFY = "/alipay/notify"
 
@@ -146,3 +153,110 @@ def test_message_without_seller_id_is_400_when_seller_id_is_configured(shop):
     assert shop.paid.calls == []
     [stored] = shop.alipay.ledger.events()
     assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
+
+
+# -- 5. SQLite claims take the write lock first (BEGIN IMMEDIATE) ------------------------------------------------
+
+def test_two_sqlite_connections_claiming_one_event_interleaved_give_one_claimed_and_one_busy(tmp_path, monkeypatch):
+    """Claim A stops inside its write transaction, just before it inserts the event; claim B, on another
+    connection, runs until it either waits for the write lock (``BEGIN IMMEDIATE``) or is about to insert
+    too; then A goes on. With the lock taken at BEGIN, B finds A's row and is BUSY. Taken any later (a
+    deferred BEGIN, or none), both read "no row" and B or A fails on the insert: the interleaving the
+    multi-process test only hits by chance, forced here with statement traces, no timing involved."""
+    a_inside, b_arrived = threading.Event(), threading.Event()
+
+    def trace(statement: str) -> None:
+        words = statement.lstrip().upper()
+        who = threading.current_thread().name
+        if who == "claim-A" and words.startswith("INSERT") and not a_inside.is_set():
+            a_inside.set()
+            b_arrived.wait(30)
+        elif who == "claim-B" and words.startswith(("BEGIN IMMEDIATE", "INSERT")):
+            b_arrived.set()  # B waits for A's write lock now (or is about to insert: the bug)
+
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(trace)
+        return db
+
+    path = str(tmp_path / "race.sqlite3")
+    ledgers = [SQLiteLedger(path), SQLiteLedger(path)]  # two ledgers, so at least two connections
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    results: dict[str, Any] = {}
+
+    def claim(name: str, ledger: SQLiteLedger) -> None:
+        try:
+            results[name] = ledger.claim(PAID, BODY, "gbk", name, 60).state
+        except Exception as exc:  # a lost race surfaces as LedgerUnavailable: the test reports it
+            results[name] = repr(exc)
+
+    a = threading.Thread(target=claim, args=("A", ledgers[0]), name="claim-A")
+    b = threading.Thread(target=claim, args=("B", ledgers[1]), name="claim-B")
+    try:
+        a.start()
+        assert a_inside.wait(30), "claim A never reached its insert"
+        b.start()
+        b.join(30)
+        a.join(30)
+    finally:
+        b_arrived.set()
+        monkeypatch.undo()
+    assert not a.is_alive() and not b.is_alive()
+    assert results == {"A": CLAIMED, "B": BUSY}
+    stored = ledgers[0].get(PAID.key)
+    assert stored is not None and (stored.attempts, stored.lease_owner) == (1, "A")
+    for ledger in ledgers:
+        ledger.close()
+
+
+# -- 8. the lease a claim takes is the lease asked for (both ledgers) ------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def contract_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    if request.param == "sqlite":
+        spec = f"sqlite:///{tmp_path / 'lease.sqlite3'}"
+        table = None
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        table = f"alipay_test_{uuid.uuid4().hex[:12]}"
+        spec = f"{url}{'&' if '?' in url else '?'}table={table}"
+    ledger = open_ledger(spec)
+    yield ledger
+    ledger.close()
+    if table is not None:
+        drop_postgres_table(table)
+
+
+@pytest.mark.parametrize("lease", [30.0, 600.0])
+def test_a_claims_lease_ends_lease_seconds_after_the_claim(contract_ledger: Ledger, lease: float):
+    # Bounds, not a duration: lease_until lies within [before + lease, after + lease], give or take the
+    # clocks' resolution; a lease of another length (twice, none, a constant) falls outside.
+    before = time.time()
+    assert contract_ledger.claim(PAID, BODY, "gbk", "worker-1", lease).state == CLAIMED
+    after = time.time()
+    stored = contract_ledger.get(PAID.key)
+    assert stored is not None and stored.lease_until is not None
+    until = stored.lease_until.timestamp()
+    assert before + lease - 0.5 <= until <= after + lease + 0.5
+    busy = contract_ledger.claim(PAID, BODY, "gbk", "worker-2", lease)
+    assert busy.state == BUSY
+    assert until - time.time() - 0.5 <= busy.retry_after <= lease + 0.5
+
+
+def test_a_retaken_lease_is_as_long_as_the_retaker_asks(contract_ledger: Ledger):
+    contract_ledger.claim(PAID, BODY, "gbk", "crashed-worker", 0.01)
+    while contract_ledger.claim(PAID, BODY, "gbk", "probe", 0.01).state == BUSY:  # until the lease runs out
+        time.sleep(0.01)
+    # the probe retook it with a tiny lease; wait for that to run out too, then retake with a long one
+    while (stored := contract_ledger.get(PAID.key)) is not None and stored.lease_until is not None \
+            and stored.lease_until.timestamp() > time.time():
+        time.sleep(0.01)
+    before = time.time()
+    claim = contract_ledger.claim(PAID, BODY, "gbk", "worker-2", 300)
+    after = time.time()
+    assert claim.state == CLAIMED and claim.attempt == 3
+    stored = contract_ledger.get(PAID.key)
+    assert stored is not None and stored.lease_until is not None
+    assert before + 300 - 0.5 <= stored.lease_until.timestamp() <= after + 300 + 0.5
