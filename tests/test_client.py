@@ -200,6 +200,17 @@ def test_refund_repeated_answers_n_and_is_confirmed(stub, make_client, call):
     assert stub.received[-1].biz == {"trade_no": trade.trade_no, "out_request_no": "R2-a"}
 
 
+def test_refund_answer_without_fund_change_is_not_taken_as_confirmed(stub, make_client, call):
+    # Only fund_change == "Y" says the call moved money; a missing field proves nothing: ask refund_query.
+    stub.add_trade("R4", "TRADE_SUCCESS", "9.90")
+    stub.fault(REFUND, "no_fund_change")
+    result = call(make_client(), "refund", out_trade_no="R4", refund_amount="1.00", out_request_no="R4-a")
+    assert "fund_change" not in result.raw
+    assert not result.fund_change and not result.confirmed
+    assert result.confirmation is not None and not result.confirmation.refunded
+    assert (stub.count(REFUND), stub.count(REFUND_QUERY)) == (1, 1)
+
+
 def test_refund_answering_n_without_a_refund_is_not_confirmed(stub, make_client, call):
     stub.add_trade("R3", "TRADE_SUCCESS", "9.90")
     stub.fault(REFUND, "fund_change_n")
