@@ -397,6 +397,15 @@ def test_transport_fault_persisting_exhausts_retries(stub, make_client, call, fa
     assert stub.count() == 3
 
 
+def test_http_404_from_the_gateway_is_not_retried(stub, make_client, call):
+    # A 4xx is an answer (a wrong gateway URL, say), not network trouble: trying again cannot help.
+    stub.add_trade("F1", "TRADE_SUCCESS")
+    stub.fault(QUERY, "http_404", times=10)
+    with pytest.raises(GatewayUnavailable, match="404"):
+        call(make_client(retries=3, backoff=0.001), "query", out_trade_no="F1")
+    assert stub.count() == 1
+
+
 @pytest.mark.parametrize("retries", [0, 1, 3])
 def test_retries_are_bounded(stub, make_client, call, retries):
     stub.add_trade("F1", "TRADE_SUCCESS")

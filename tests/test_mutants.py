@@ -7,6 +7,7 @@ behaviour under test is the protocol's and the flow's, not the ledger's).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -18,8 +19,20 @@ from typing import Any
 
 import pytest
 
-from alipay_middleware.ledger import BUSY, CLAIMED, DONE, REJECTED, Ledger, SQLiteLedger, open_ledger
-from conftest import APP_ID, Recorder, drop_postgres_table, legacy_body, legacy_fields, notify_fields, signed_body
+from alipay_middleware.ledger import BUSY, CLAIMED, DONE, REJECTED, Claim, Ledger, SQLiteLedger, open_ledger
+from conftest import (
+    APP_ID,
+    MD5_KEY,
+    Recorder,
+    drop_postgres_table,
+    encode_form,
+    legacy_body,
+    legacy_fields,
+    md5_sign,
+    notify_fields,
+    sign_fields,
+    signed_body,
+)
 from ledger_events import BODY, PAID
 
 NOTIFY = "/alipay/notify"
@@ -260,3 +273,81 @@ def test_a_retaken_lease_is_as_long_as_the_retaker_asks(contract_ledger: Ledger)
     stored = contract_ledger.get(PAID.key)
     assert stored is not None and stored.lease_until is not None
     assert before + 300 - 0.5 <= stored.lease_until.timestamp() <= after + 300 + 0.5
+
+
+# -- 9. the smaller ones ---------------------------------------------------------------------------------------
+
+def test_gb2312_body_with_a_gbk_only_character_is_decoded_as_gbk(shop):
+    subject = "喆茶"  # 喆 is in GBK but not in GB2312: Alipay's gb2312 is really gbk
+    with pytest.raises(UnicodeEncodeError):
+        subject.encode("gb2312")
+    fields = notify_fields("T1", charset="gb2312", subject=subject)
+    body = signed_body(fields, shop.keys.alipay, charset="gbk")
+    assert_success(shop.client.request("POST", NOTIFY, body))
+    assert [e.raw["subject"] for e in shop.paid.calls] == [subject]
+
+
+def test_legacy_return_with_refund_status_is_not_paid(make_legacy):
+    alipay = make_legacy(orders={"L1": "9.90"})
+    fields = legacy_fields("L1", "9.90", is_success="T")
+    assert alipay.protocol.return_result(fields).paid  # the control
+    refunded = legacy_fields("L1", "9.90", is_success="T", refund_status="REFUND_SUCCESS")
+    assert not alipay.protocol.return_result(refunded).paid
+
+
+@pytest.mark.parametrize("amount", ["9.900", "9.901"])
+def test_amount_with_three_decimals_is_400_bad_amount(shop, caplog, amount):
+    with caplog.at_level(logging.INFO, logger="alipay_middleware"):
+        assert_fail(shop.notify(notify_fields("T1", amount)), 400)
+    assert shop.paid.calls == []
+    assert any("bad_amount" in r.getMessage() for r in caplog.records)
+
+
+def test_rsa_message_under_rsa2_is_refused_as_sign_type_mismatch(shop, caplog):
+    fields = notify_fields("T1", sign_type="RSA")
+    signed = {**fields, "sign": sign_fields(fields, shop.keys.alipay, sign_type="RSA")}
+    with caplog.at_level(logging.INFO, logger="alipay_middleware"):
+        assert_fail(shop.client.request("POST", NOTIFY, encode_form(signed)), 400)
+    assert shop.paid.calls == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("sign_type_mismatch" in m for m in messages), messages
+    assert not any("bad_signature" in m for m in messages), messages
+
+
+def test_uppercase_md5_signature_is_refused(make_legacy, mount, gateway_stub):
+    alipay = make_legacy(orders={"L1": "9.90"})
+    paid = Recorder()
+    alipay.on_paid(paid)
+    client = mount(alipay)
+    fields = legacy_fields("L1", "9.90")
+    gateway_stub.issue(fields["notify_id"])
+    signature = md5_sign(fields, MD5_KEY)
+    assert signature != signature.upper()
+    upper = encode_form({**fields, "sign": signature.upper()})
+    assert_fail(client.request("POST", NOTIFY, upper), 400)  # Alipay sends lowercase hex only
+    assert paid.calls == []
+    assert_success(client.request("POST", NOTIFY, encode_form({**fields, "sign": signature})))
+    assert len(paid.calls) == 1
+
+
+@pytest.mark.parametrize("junk", ["!", "*"])
+def test_base64_signature_with_junk_characters_is_refused(shop, junk):
+    fields = notify_fields("T1")
+    signature = sign_fields(fields, shop.keys.alipay)
+    spoiled = signature[:20] + junk + signature[20:]  # a lenient decoder would drop the junk and verify
+    assert_fail(shop.client.request("POST", NOTIFY, encode_form({**fields, "sign": spoiled})), 400)
+    assert shop.paid.calls == []
+
+
+def test_busy_answer_for_an_almost_expired_lease_says_retry_after_1(shop, monkeypatch):
+    monkeypatch.setattr(shop.alipay.ledger, "claim", lambda *args, **kwargs: Claim(BUSY, retry_after=0.2))
+    response = shop.notify(notify_fields("T1"))
+    assert response.status == 503
+    assert response.headers["retry-after"] == "1"  # never 0: that would ask for an immediate resend loop
+
+
+def test_field_named_x_charset_before_charset_is_not_the_charset(shop):
+    fields = {"x_charset": "gbk", **notify_fields("T1", subject="龙井茶")}
+    assert list(fields)[0] == "x_charset" and fields["charset"] == "utf-8"
+    assert_success(shop.notify(fields))
+    assert [e.raw["subject"] for e in shop.paid.calls] == ["龙井茶"]
