@@ -158,6 +158,27 @@ def test_finished_carrying_an_already_recorded_refund_does_not_call_on_refunded_
     assert len(shop.paid.calls) == 1
 
 
+@pytest.mark.parametrize("carried", [{"refund_fee": "1.00", "gmt_refund": "2024-01-02 10:00:00"},
+                                     {"refund_fee": "1.00"}])
+def test_finished_carrying_the_refunds_so_far_without_out_biz_no_is_not_a_new_refund(shop, carried):
+    # The protocol reference: a refund's own notification keeps TRADE_SUCCESS (partial) or goes TRADE_CLOSED
+    # (full), and a TRADE_FINISHED trade is no longer refundable; so TRADE_FINISHED is never a refund's
+    # notification, whatever refund fields it carries: it is the payment's (paid once, already done).
+    assert_success(shop.notify(notify_fields("T1")))
+    refund = {"refund_fee": "1.00", "gmt_refund": "2024-01-02 10:00:00", "out_biz_no": "R1"}
+    assert_success(shop.notify(notify_fields("T1", **refund)))
+    assert_success(shop.notify(notify_fields("T1", trade_status="TRADE_FINISHED", **carried)))
+    assert [e.out_biz_no for e in shop.refunded.calls] == ["R1"]
+    assert len(shop.paid.calls) == 1
+
+
+def test_finished_with_refund_fields_whose_payment_notice_was_lost_pays_once(shop):
+    # the payment's own notification never arrived: the FINISHED one is what says the trade was paid
+    fields = notify_fields("T1", trade_status="TRADE_FINISHED", refund_fee="1.00", gmt_refund="2024-01-02 10:00:00")
+    assert_success(shop.notify(fields))
+    assert [e.kind for e in shop.paid.calls] == ["paid"] and shop.refunded.calls == []
+
+
 # -- 6. seller_id configured: a message without one is 400 ----------------------------------------------------
 
 def test_message_without_seller_id_is_400_when_seller_id_is_configured(shop):
