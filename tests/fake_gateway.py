@@ -11,7 +11,7 @@ them:
 - a queue of faults per request kind (``_queue_fault``, ``_take_fault``): the next ``times`` requests of
   that kind take the fault, then it is gone;
 - the transport faults both protocols share (``_transport_fault``): ``drop`` (the connection closed without
-  an answer), ``hang`` (no answer until the stub closes), ``http_502``;
+  an answer), ``hang`` (no answer until the stub closes), ``http_502``, ``http_404``;
 - ``refused_url()``: a loopback URL whose port refuses connections (bound, never listening);
 - ``close()``: ends hangs, stops the server and frees the refusing ports.
 """
@@ -115,7 +115,7 @@ class FakeGateway(Generic[TradeT]):
         return kind, options
 
     def _transport_fault(self, handler: http.server.BaseHTTPRequestHandler, kind: str) -> bool:
-        """Play ``drop``, ``hang`` or ``http_502``; False for any other kind (the request goes on)."""
+        """Play ``drop``, ``hang``, ``http_502`` or ``http_404``; False for any other kind (the request goes on)."""
         if kind == "hang":
             self.closing.wait(30)
             return True
@@ -123,6 +123,9 @@ class FakeGateway(Generic[TradeT]):
             return True
         if kind == "http_502":
             handler.send_error(502, "Bad Gateway")
+            return True
+        if kind == "http_404":
+            handler.send_error(404, "Not Found")
             return True
         return False
 

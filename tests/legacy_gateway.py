@@ -42,8 +42,7 @@ from Crypto.Hash import SHA1
 from Crypto.PublicKey import RSA
 from Crypto.Signature import pkcs1_15
 
-from alipay_middleware.wire.signing import sign_string
-from conftest import MD5_KEY, PARTNER
+from conftest import MD5_KEY, PARTNER, reference_sign_string
 from fake_gateway import FakeGateway
 
 LOOKUP = "single_trade_query"
@@ -202,7 +201,7 @@ class LegacyGateway(FakeGateway[LegacyTrade]):
         allowed = {"service", "partner", "_input_charset", "sign", "sign_type", "out_trade_no", "trade_no"}
         if set(params) - allowed:
             return f"ILLEGAL_ARGUMENT unexpected {sorted(set(params) - allowed)}"
-        message = sign_string(params, ("sign", "sign_type")).encode(charset)
+        message = reference_sign_string(params, ("sign", "sign_type")).encode(charset)
         if not self._verify(message, params.get("sign", "")):
             return "ILLEGAL_SIGN bad request signature"
         return ""
@@ -217,7 +216,7 @@ class LegacyGateway(FakeGateway[LegacyTrade]):
         return True
 
     def sign(self, fields: dict[str, str], charset: str) -> str:
-        message = sign_string(fields, ("sign", "sign_type")).encode(charset)
+        message = reference_sign_string(fields, ("sign", "sign_type")).encode(charset)
         if self.alipay_key is None:
             return hashlib.md5(message + (self.md5_key or "").encode()).hexdigest()
         return base64.b64encode(pkcs1_15.new(self.alipay_key).sign(SHA1.new(message))).decode("ascii")

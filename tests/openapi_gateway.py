@@ -11,7 +11,8 @@ asserts it stays empty).
 
 - answers: ``service_unavailable`` (code 20000), ``system_error`` (40004 ``ACQ.SYSTEM_ERROR``),
   ``not_exist`` (40004 ``ACQ.TRADE_NOT_EXIST``), ``fund_change_n`` (a refund answered ``N`` without
-  refunding), ``tampered`` (the text changed after signing), ``unsigned_error`` (an ``error_response``
+  refunding), ``no_fund_change`` (a refund answered without ``fund_change`` at all, without refunding),
+  ``tampered`` (the text changed after signing), ``unsigned_error`` (an ``error_response``
   without ``sign``), ``unsigned_success`` (the same claiming code 10000), ``unsigned_response`` (the
   method's response without ``sign``), ``duplicate_key`` (a signed payload repeating ``code``),
   ``mismatch`` (a correctly signed answer about another trade), ``truncated_json`` (half the body with a
@@ -244,6 +245,8 @@ class OpenApiGateway(FakeGateway[Trade]):
         answer = {**SUCCESS, **ids, "buyer_logon_id": "159****5620", "gmt_refund_pay": "2024-01-02 10:00:00"}
         if kind == "fund_change_n":
             return {**answer, "fund_change": "N", "refund_fee": f"{trade.refunded:.2f}"}
+        if kind == "no_fund_change":
+            return {**answer, "refund_fee": f"{trade.refunded:.2f}"}
         if request_no in trade.refunds:  # a repeated request: no money moves, and it says so
             if trade.refunds[request_no] != amount:
                 return failed("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额与原请求不一致")

@@ -200,6 +200,17 @@ def test_refund_repeated_answers_n_and_is_confirmed(stub, make_client, call):
     assert stub.received[-1].biz == {"trade_no": trade.trade_no, "out_request_no": "R2-a"}
 
 
+def test_refund_answer_without_fund_change_is_not_taken_as_confirmed(stub, make_client, call):
+    # Only fund_change == "Y" says the call moved money; a missing field proves nothing: ask refund_query.
+    stub.add_trade("R4", "TRADE_SUCCESS", "9.90")
+    stub.fault(REFUND, "no_fund_change")
+    result = call(make_client(), "refund", out_trade_no="R4", refund_amount="1.00", out_request_no="R4-a")
+    assert "fund_change" not in result.raw
+    assert not result.fund_change and not result.confirmed
+    assert result.confirmation is not None and not result.confirmation.refunded
+    assert (stub.count(REFUND), stub.count(REFUND_QUERY)) == (1, 1)
+
+
 def test_refund_answering_n_without_a_refund_is_not_confirmed(stub, make_client, call):
     stub.add_trade("R3", "TRADE_SUCCESS", "9.90")
     stub.fault(REFUND, "fund_change_n")
@@ -384,6 +395,15 @@ def test_transport_fault_persisting_exhausts_retries(stub, make_client, call, fa
     with pytest.raises(GatewayUnavailable, match="after 3 attempts"):
         call(transport_client(make_client, fault), "query", out_trade_no="F1")
     assert stub.count() == 3
+
+
+def test_http_404_from_the_gateway_is_not_retried(stub, make_client, call):
+    # A 4xx is an answer (a wrong gateway URL, say), not network trouble: trying again cannot help.
+    stub.add_trade("F1", "TRADE_SUCCESS")
+    stub.fault(QUERY, "http_404", times=10)
+    with pytest.raises(GatewayUnavailable, match="404"):
+        call(make_client(retries=3, backoff=0.001), "query", out_trade_no="F1")
+    assert stub.count() == 1
 
 
 @pytest.mark.parametrize("retries", [0, 1, 3])

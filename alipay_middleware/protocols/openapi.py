@@ -7,6 +7,7 @@ Facts this module relies on (see the project's protocol reference):
   rule V2 (only ``sign`` left out); the browser return verifies under V1 only;
 - refunds arrive at the payment's notify_url with ``refund_fee``/``gmt_refund``/``out_biz_no`` and must
   never be taken for a payment; ``TRADE_CLOSED`` with a refund is a full refund, not a closed order;
+  ``TRADE_FINISHED`` carrying refund fields reports earlier refunds and is the payment's message;
 - in certificate mode (公钥证书模式) every request also carries ``app_cert_sn`` and ``alipay_root_cert_sn``,
   both signed; callbacks verify with the key inside Alipay's certificate, exactly as in key mode.
 """
@@ -181,7 +182,11 @@ class OpenApiProtocol(Protocol):
         notify_id = fields.get("notify_id", "")
         refund_fee = amount_field(fields, "refund_fee")
         total = amount_field(fields, "total_amount")
-        is_refund = bool(fields.get("gmt_refund")) or (refund_fee is not None and refund_fee > 0)
+        # A refund's own notification keeps TRADE_SUCCESS (partial) or goes TRADE_CLOSED (full). A FINISHED
+        # trade is no longer refundable: refund fields on TRADE_FINISHED report the refunds so far, and the
+        # message is the payment's (already paid: answered from the ledger), never a new refund.
+        is_refund = status != "TRADE_FINISHED" and (
+            bool(fields.get("gmt_refund")) or (refund_fee is not None and refund_fee > 0))
         trade = out_trade_no or f"notify:{notify_id}"
         kind: Kind
         if not out_trade_no:  # not a trade message (another notify_type): recorded, never hooked
