@@ -46,11 +46,17 @@ _OUT_TRADE_NO = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def check_gateway(url: str) -> str:
+    """``url`` if it is an absolute http(s) URL with a path (``/gateway.do``); else a message naming the form."""
     if not isinstance(url, str):
         raise TypeError(f"gateway must be a URL string, not {type(url).__name__}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"gateway must be an absolute http(s) URL, got {url[:80]!r}")
+    if parts.path in ("", "/"):
+        raise ValueError(
+            f"gateway {url[:80]!r} has no path: give the gateway's full URL, path included, such as "
+            f"{PRODUCTION_GATEWAY!r} or a simulator's 'http://127.0.0.1:8001/gateway.do'"
+        )
     return url
 
 
