@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from alipay_middleware import LegacyConfig
+from alipay_middleware import Alipay, LegacyConfig
 from conftest import MD5_KEY, PARTNER, Keys, make_config
 
 # -- 1.4: a gateway URL without its path -----------------------------------------------------------------
@@ -25,3 +27,88 @@ def test_gateway_without_path_is_refused_naming_the_form(keys: Keys, url: str) -
 def test_gateway_with_path_is_accepted(keys: Keys, url: str) -> None:
     assert make_config(keys, gateway=url).gateway == url
     assert LegacyConfig(partner=PARTNER, key=MD5_KEY, gateway=url).gateway == url
+
+
+# -- 1.6: a setting of the wrong type says which type it wants and which it got ----------------------------
+
+OPENAPI_WRONG_TYPES = [
+    ("app_id", 2021000000000001, "a str", "int"),
+    ("app_private_key", 12345, "a str or bytes", "int"),
+    ("alipay_public_key", 12345, "a str or bytes or None", "int"),
+    ("sign_type", 2, "a str", "int"),
+    ("gateway", b"https://openapi.alipay.com/gateway.do", "a str", "bytes"),
+    ("seller_id", 2088000000000001, "a str or None", "int"),
+    ("notify_url", b"https://shop.example/alipay/notify", "a str or None", "bytes"),
+    ("return_url", 1, "a str or None", "int"),
+]
+
+
+@pytest.mark.parametrize("setting,value,wanted,given", OPENAPI_WRONG_TYPES, ids=[row[0] for row in OPENAPI_WRONG_TYPES])
+def test_openapi_setting_of_the_wrong_type_names_both_types(keys: Keys, setting: str, value: object,
+                                                            wanted: str, given: str) -> None:
+    with pytest.raises(TypeError) as raised:
+        make_config(keys, **{setting: value})
+    assert f"{setting} must be {wanted}" in str(raised.value)
+    assert f"got {given}" in str(raised.value)
+    assert isinstance(raised.value, ValueError)  # as every other bad setting
+
+
+LEGACY_WRONG_TYPES = [
+    ("partner", 2088000000000002, "a str", "int"),
+    ("key", 12345, "a str or None", "int"),
+    ("sign_type", 5, "a str", "int"),
+    ("private_key", 1, "a str or bytes or None", "int"),
+    ("alipay_public_key", 1, "a str or bytes or None", "int"),
+    ("seller_id", 2088000000000002, "a str or None", "int"),
+    ("seller_email", 1, "a str or None", "int"),
+    ("gateway", 1, "a str", "int"),
+    ("verify_notify_id", "false", "True or False", "str"),
+    ("input_charset", 8, "a str", "int"),
+    ("notify_url", 1, "a str or None", "int"),
+    ("return_url", 1, "a str or None", "int"),
+    ("coupon_policy", True, "a str", "bool"),
+    ("verify_timeout", "10", "an int or a float", "str"),
+]
+
+
+@pytest.mark.parametrize("setting,value,wanted,given", LEGACY_WRONG_TYPES, ids=[row[0] for row in LEGACY_WRONG_TYPES])
+def test_legacy_setting_of_the_wrong_type_names_both_types(setting: str, value: object, wanted: str,
+                                                           given: str) -> None:
+    settings: dict[str, Any] = {"partner": PARTNER, "key": MD5_KEY, setting: value}
+    with pytest.raises(TypeError) as raised:
+        LegacyConfig(**settings)
+    assert f"{setting} must be {wanted}" in str(raised.value)
+    assert f"got {given}" in str(raised.value)
+
+
+ALIPAY_WRONG_TYPES = [
+    ("notify_path", b"/alipay/notify", "a str", "bytes"),
+    ("return_path", 1, "a str", "int"),
+    ("max_body", "65536", "an int", "str"),
+    ("max_body", 65536.0, "an int", "float"),
+    ("lease_seconds", "600", "an int or a float", "str"),
+    ("hook_threads", "8", "an int", "str"),
+    ("hook_threads", True, "an int", "bool"),
+    ("trusted_proxies", "1", "an int", "str"),
+    ("confirm_returns", 1, "True or False", "int"),
+    ("return_checks", "2", "an int or None", "str"),
+    ("allowed_hosts", "shop.example", "a list or tuple", "str"),
+    ("ledger", 5, "a URL string or a Ledger", "int"),
+]
+
+
+@pytest.mark.parametrize("setting,value,wanted,given", ALIPAY_WRONG_TYPES,
+                         ids=[f"{row[0]}-{type(row[1]).__name__}" for row in ALIPAY_WRONG_TYPES])
+def test_alipay_argument_of_the_wrong_type_names_both_types(keys: Keys, setting: str, value: object,
+                                                            wanted: str, given: str) -> None:
+    with pytest.raises(TypeError) as raised:
+        Alipay(make_config(keys), **{"ledger": ":memory:", setting: value})
+    message = str(raised.value)
+    assert f"{setting} must be {wanted}" in message
+    assert given in message
+
+
+def test_a_secret_of_the_wrong_type_is_not_shown(keys: Keys) -> None:
+    with pytest.raises(TypeError) as raised:
+        LegacyConfig(partner=PARTNER, key=31415926535897932384626433832795)  # type: ignore[arg-type]
+    assert "got int" in str(raised.value) and "31415926" not in str(raised.value)

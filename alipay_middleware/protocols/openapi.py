@@ -29,7 +29,7 @@ from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnRe
 from ..wire.form import cst_timestamp, format_amount, parse_cst
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import RsaSigner, RsaVerifier, sign_string
-from .base import Protocol, amount_field, verify_signed_fields
+from .base import Protocol, amount_field, check_type, verify_signed_fields
 from .certs import load_certificate_mode
 from .helper import RequestHelper, check_callback_url, render_form
 from .proxy import parse_proxy
@@ -61,6 +61,19 @@ def check_gateway(url: str) -> str:
 
 
 _CERT_SETTINGS = ("app_cert", "alipay_cert", "alipay_root_cert")
+_KEY_TEXT = (str, bytes)
+#: Each setting's type, checked first so that a message says "got int" for ``app_id=2021000000000000``:
+#: (setting, types, None allowed, what it is, secret). The certificates' loader names their types itself.
+SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
+    ("app_id", str, False, "the 16-digit app id from the Open Platform console, in quotes", False),
+    ("app_private_key", _KEY_TEXT, False, "the key's text", True),
+    ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
+    ("sign_type", str, False, "'RSA2' or 'RSA'", False),
+    ("gateway", str, False, "the gateway's URL", False),
+    ("seller_id", str, True, "the 16-digit 2088... partner id, in quotes", False),
+    ("notify_url", str, True, "an absolute http(s) URL", False),
+    ("return_url", str, True, "an absolute http(s) URL", False),
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +109,9 @@ class OpenApiConfig:
     _public: RSA.RsaKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.app_id, str) or not _APP_ID.fullmatch(self.app_id):
+        for name, types, optional, form, secret in SETTING_TYPES:
+            check_type(name, getattr(self, name), types, form, optional=optional, secret=secret)
+        if not _APP_ID.fullmatch(self.app_id):
             raise ValueError(
                 f"app_id must be the 16-digit app id from the Open Platform console, got {self.app_id!r}"
             )
