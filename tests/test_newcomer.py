@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from Crypto.PublicKey import RSA
 
 from alipay_middleware import Alipay, LegacyConfig
 from conftest import MD5_KEY, PARTNER, Keys, make_config
@@ -112,3 +113,41 @@ def test_a_secret_of_the_wrong_type_is_not_shown(keys: Keys) -> None:
     with pytest.raises(TypeError) as raised:
         LegacyConfig(partner=PARTNER, key=31415926535897932384626433832795)  # type: ignore[arg-type]
     assert "got int" in str(raised.value) and "31415926" not in str(raised.value)
+
+
+# -- 1.5: a PEM on one line with literal \n (the .env form) ----------------------------------------------
+
+def env_form(pem: str) -> str:
+    """``pem`` as a .env file holds it: one line, each line break written as the two characters ``\\n``."""
+    one_line = pem.strip().replace("\n", "\\n")
+    assert "\n" not in one_line
+    return one_line
+
+
+@pytest.mark.parametrize("pkcs", [1, 8])
+def test_one_line_private_key_with_literal_newlines_is_accepted(keys: Keys, pkcs: int) -> None:
+    pem = keys.app.export_key(pkcs=pkcs).decode()
+    config = make_config(keys, app_private_key=env_form(pem))
+    assert config._private == keys.app
+    assert make_config(keys, app_private_key=env_form(pem).replace("\\n", "\\r\\n"))._private == keys.app
+
+
+def test_one_line_public_key_with_literal_newlines_is_accepted(keys: Keys) -> None:
+    config = make_config(keys, alipay_public_key=env_form(keys.alipay_public_pem))
+    assert config._public == keys.alipay.public_key()
+
+
+def test_one_line_legacy_rsa_keys_are_accepted() -> None:
+    own, alipay = RSA.generate(1024), RSA.generate(1024)
+    config = LegacyConfig(partner=PARTNER, sign_type="RSA", private_key=env_form(own.export_key().decode()),
+                          alipay_public_key=env_form(alipay.public_key().export_key().decode()))
+    reference = LegacyConfig(partner=PARTNER, sign_type="RSA", private_key=own.export_key().decode(),
+                             alipay_public_key=alipay.public_key().export_key().decode())
+    assert config._signer.sign(b"x") == reference._signer.sign(b"x")
+
+
+def test_a_damaged_one_line_key_still_gets_the_specific_error(keys: Keys) -> None:
+    damaged = env_form(keys.app_private_pem)[:400] + "\\n-----END RSA PRIVATE KEY-----"
+    with pytest.raises(ValueError, match="app_private_key is not an RSA key") as raised:
+        make_config(keys, app_private_key=damaged)
+    assert keys.app_private_pem.splitlines()[1] not in str(raised.value)

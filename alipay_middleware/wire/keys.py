@@ -1,7 +1,8 @@
 """RSA keys in the four shapes merchants paste: PKCS#1 or PKCS#8, with or without PEM armour.
 
 The Alipay console shows keys as bare base64 on one line; key tools write PEM files. Both popular
-Python SDKs reject one shape or another; we accept all four and say precisely what is wrong otherwise.
+Python SDKs reject one shape or another; we accept all four, also written on one line with literal
+``\\n`` for its line breaks (the usual ``.env`` form), and say precisely what is wrong otherwise.
 Error messages name the setting, never the key material.
 """
 
@@ -17,12 +18,21 @@ from Crypto.PublicKey import RSA
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\s]+")
 
 
+def _one_line_to_lines(text: str) -> str:
+    """A key written on one line with literal ``\\n`` for its line breaks (the usual ``.env`` form,
+    ``-----BEGIN PRIVATE KEY-----\\nMIIE...\\n-----END PRIVATE KEY-----``) as the lines it stands for.
+    Text that already has real line breaks is left alone."""
+    if "\n" in text or "\\n" not in text:
+        return text
+    return text.replace("\\r\\n", "\n").replace("\\n", "\n").strip()
+
+
 def _import(text: str | bytes, setting: str) -> RSA.RsaKey:
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
     if not isinstance(text, str):
         raise TypeError(f"{setting} must be a str holding the key text, not {type(text).__name__}")
-    stripped = text.strip()
+    stripped = _one_line_to_lines(text.strip())
     if not stripped:
         raise ValueError(f"{setting} is empty: paste the key text (PEM or the bare base64 line)")
     if "-----BEGIN" in stripped:
