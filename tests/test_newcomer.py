@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
 
 from alipay_middleware import Alipay, LegacyConfig
-from conftest import MD5_KEY, PARTNER, Keys, make_config
+from alipay_middleware.callbacks import alerts
+from conftest import MD5_KEY, PARTNER, Keys, make_config, notify_fields, signed_body
 
 # -- 1.4: a gateway URL without its path -----------------------------------------------------------------
 
@@ -151,3 +154,70 @@ def test_a_damaged_one_line_key_still_gets_the_specific_error(keys: Keys) -> Non
     with pytest.raises(ValueError, match="app_private_key is not an RSA key") as raised:
         make_config(keys, app_private_key=damaged)
     assert keys.app_private_pem.splitlines()[1] not in str(raised.value)
+
+
+# -- 1.1: a wrong key or sign_type gets a WARNING with the likely causes, rate-limited ---------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(alerts, "REJECTIONS", alerts.RateLimitedWarnings(clock=fake))
+    return fake
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.getMessage().startswith("alipay notify rejected")]
+
+
+def test_wrong_alipay_key_gets_a_warning_with_the_likely_causes(keys: Keys, make_alipay: Callable[..., Alipay],
+                                                                 mount: Callable[..., Any], clock: FakeClock,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    client = mount(make_alipay(orders={"T1": "9.90"}))
+    stranger = RSA.generate(2048)  # the sandbox's key, say, while the config has production's
+    with caplog.at_level(logging.INFO, logger="alipay_middleware"):
+        response = client.request("POST", "/alipay/notify", signed_body(notify_fields(), stranger))
+    assert response.status == 400
+    [warning] = warnings_of(caplog)
+    assert "reason=bad_signature" in warning
+    for cause in ("alipay_public_key", "sandbox", "own public key", "sign_type"):
+        assert cause in warning
+
+
+def test_another_sign_type_gets_a_warning(keys: Keys, make_alipay: Callable[..., Alipay],
+                                          mount: Callable[..., Any], clock: FakeClock,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    client = mount(make_alipay(orders={"T1": "9.90"}))
+    body = signed_body(notify_fields(sign_type="RSA"), keys.alipay, sign_type="RSA")
+    with caplog.at_level(logging.INFO, logger="alipay_middleware"):
+        response = client.request("POST", "/alipay/notify", body)
+    assert response.status == 400
+    [warning] = warnings_of(caplog)
+    assert "reason=sign_type_mismatch" in warning and "set sign_type" in warning
+
+
+def test_a_flood_of_bad_notifications_gives_a_bounded_number_of_warnings(
+        keys: Keys, make_alipay: Callable[..., Alipay], mount: Callable[..., Any], clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = mount(make_alipay(orders={"T1": "9.90"}))
+    stranger = RSA.generate(1024)
+    body = signed_body(notify_fields(), stranger)
+    with caplog.at_level(logging.WARNING, logger="alipay_middleware"):
+        for _ in range(1000):
+            assert client.request("POST", "/alipay/notify", body).status == 400
+        assert len(warnings_of(caplog)) == 1  # the clock stands still: one WARNING for the reason
+        clock.now += 59.0
+        client.request("POST", "/alipay/notify", body)
+        assert len(warnings_of(caplog)) == 1
+        clock.now += 1.0  # a minute after the first: the next WARNING counts the suppressed ones
+        client.request("POST", "/alipay/notify", body)
+    first, second = warnings_of(caplog)
+    assert "more since the last" not in first and "; 1000 more since the last were logged at INFO" in second
