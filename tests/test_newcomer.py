@@ -8,10 +8,21 @@ from typing import Any
 
 import pytest
 from Crypto.PublicKey import RSA
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from alipay_middleware import Alipay, LegacyConfig
 from alipay_middleware.callbacks import alerts
-from conftest import MD5_KEY, PARTNER, Keys, make_config, notify_fields, signed_body
+from conftest import (
+    MD5_KEY,
+    PARTNER,
+    ASGIClient,
+    Keys,
+    inner_asgi,
+    inner_wsgi,
+    make_config,
+    notify_fields,
+    signed_body,
+)
 
 # -- 1.4: a gateway URL without its path -----------------------------------------------------------------
 
@@ -221,3 +232,72 @@ def test_a_flood_of_bad_notifications_gives_a_bounded_number_of_warnings(
         client.request("POST", "/alipay/notify", body)
     first, second = warnings_of(caplog)
     assert "more since the last" not in first and "; 1000 more since the last were logged at INFO" in second
+
+
+# -- 1.2: notify_url/return_url whose path is not where the middleware answers ----------------------------
+
+def first_requests(alipay: Alipay, front_kind: str, prefix: str, count: int = 2) -> None:
+    """``count`` GET requests to the app under the mount ``prefix`` (SCRIPT_NAME / root_path)."""
+    if front_kind == "wsgi":
+        app = alipay.wsgi(inner_wsgi)
+        for _ in range(count):
+            builder = EnvironBuilder(path="/", base_url=f"http://shop.example{prefix}/")
+            environ = builder.get_environ()
+            builder.close()
+            assert environ["SCRIPT_NAME"] == prefix
+            assert run_wsgi_app(app, environ, buffered=True)[1].startswith("200")
+    else:
+        client = ASGIClient(alipay.asgi(inner_asgi))
+        try:
+            for _ in range(count):
+                assert client.request("GET", "/", root_path=prefix).status == 200
+        finally:
+            client.close()
+
+
+def mount_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "this middleware answers at" in r.getMessage()]
+
+
+@pytest.mark.parametrize("prefix", ["", "/shop"])
+def test_callback_urls_at_the_mounted_paths_give_no_warning(keys: Keys, make_alipay: Callable[..., Alipay],
+                                                            front_kind: str, prefix: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    alipay = make_alipay(config={"notify_url": f"https://shop.example{prefix}/alipay/notify",
+                                 "return_url": f"https://shop.example{prefix}/alipay/return"})
+    with caplog.at_level(logging.WARNING, logger="alipay_middleware"):
+        first_requests(alipay, front_kind, prefix)
+    assert mount_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("prefix,notify_url,configured,mounted", [
+    ("", "https://shop.example/pay/notify", "/pay/notify", "/alipay/notify"),
+    ("/shop", "https://shop.example/alipay/notify", "/alipay/notify", "/shop/alipay/notify"),
+])
+def test_notify_url_elsewhere_than_the_mounted_path_warns_once(keys: Keys, make_alipay: Callable[..., Alipay],
+                                                               front_kind: str, prefix: str, notify_url: str,
+                                                               configured: str, mounted: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    alipay = make_alipay(config={"notify_url": notify_url,
+                                 "return_url": f"https://shop.example{prefix}/alipay/return"})
+    with caplog.at_level(logging.WARNING, logger="alipay_middleware"):
+        first_requests(alipay, front_kind, prefix)
+    [warning] = mount_warnings(caplog)  # once, at the first request
+    assert f"notify_url's path is {configured!r} but this middleware answers at {mounted!r}" in warning
+    assert "Change notify_url" in warning and "notify_path" in warning
+    if prefix:
+        assert f"mount prefix {prefix!r}" in warning
+
+
+@pytest.mark.parametrize("prefix", ["", "/shop"])
+def test_return_url_elsewhere_than_the_mounted_path_warns(keys: Keys, make_alipay: Callable[..., Alipay],
+                                                          front_kind: str, prefix: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    alipay = make_alipay(config={"notify_url": f"https://shop.example{prefix}/alipay/notify",
+                                 "return_url": "https://shop.example/thanks"})
+    with caplog.at_level(logging.WARNING, logger="alipay_middleware"):
+        first_requests(alipay, front_kind, prefix)
+    [warning] = mount_warnings(caplog)
+    assert f"return_url's path is '/thanks' but this middleware answers at '{prefix}/alipay/return'" in warning
+    assert "Change return_url" in warning and "return_path" in warning
