@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -301,3 +303,21 @@ def test_return_url_elsewhere_than_the_mounted_path_warns(keys: Keys, make_alipa
     [warning] = mount_warnings(caplog)
     assert f"return_url's path is '/thanks' but this middleware answers at '{prefix}/alipay/return'" in warning
     assert "Change return_url" in warning and "return_path" in warning
+
+
+# -- 1.11: what the tests import on demand is in the test extra, so no test skips for want of it -----------
+
+def test_every_module_a_test_imports_on_demand_is_in_the_test_extra() -> None:
+    tests = Path(__file__).parent
+    wanted = set()
+    for path in tests.glob("test_*.py"):
+        for module in re.findall(r"importorskip\(\s*[\"']([\w.]+)[\"']", path.read_text(encoding="utf-8")):
+            wanted.add(module.split(".")[0].replace("_", "-"))
+    assert "cryptography" in wanted  # test_cert_mode.py's cross-check of the certificate parser
+    pyproject = (tests.parent / "pyproject.toml").read_text(encoding="utf-8")  # no tomllib on Python 3.10
+    block = re.search(r"^test = \[(.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    assert block is not None
+    listed = {re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower()
+              for requirement in re.findall(r"^\s*\"([^\"]+)\"", block.group(1), re.MULTILINE)}
+    assert {"pytest", "psycopg", "setuptools"} <= listed  # the block was read
+    assert wanted <= listed, f"add {sorted(wanted - listed)} to the test extra in pyproject.toml"
