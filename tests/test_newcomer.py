@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +14,9 @@ import pytest
 from Crypto.PublicKey import RSA
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from alipay_middleware import Alipay, LegacyConfig
+from alipay_middleware import Alipay, LegacyConfig, cli
 from alipay_middleware.callbacks import alerts
+from alipay_middleware.wire.keys import load_private_key, load_public_key
 from conftest import (
     MD5_KEY,
     PARTNER,
@@ -321,3 +324,42 @@ def test_every_module_a_test_imports_on_demand_is_in_the_test_extra() -> None:
               for requirement in re.findall(r"^\s*\"([^\"]+)\"", block.group(1), re.MULTILINE)}
     assert {"pytest", "psycopg", "setuptools"} <= listed  # the block was read
     assert wanted <= listed, f"add {sorted(wanted - listed)} to the test extra in pyproject.toml"
+
+
+# -- 1.3: alipay-middleware keygen DIR ---------------------------------------------------------------------
+
+def test_keygen_writes_a_2048_bit_pair_the_configs_accept(keys: Keys, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "keys"
+    old_umask = os.umask(0)  # even with a umask that lets everyone read, the private key is the owner's only
+    try:
+        assert cli.main(["keygen", str(directory)]) == 0
+    finally:
+        os.umask(old_umask)
+    private_pem = (directory / "app_private_key.pem").read_text()
+    public_pem = (directory / "app_public_key.pem").read_text()
+    line = (directory / "app_public_key.txt").read_text().strip()
+    assert stat.S_IMODE((directory / "app_private_key.pem").stat().st_mode) == 0o600
+    private = load_private_key(private_pem)
+    assert private.size_in_bits() == 2048
+    assert load_public_key(public_pem) == private.public_key() == load_public_key(line)
+    assert "\n" not in line and "-----" not in line
+    assert line in capsys.readouterr().out.splitlines()  # printed too, on a line of its own
+    config = make_config(keys, app_private_key=private_pem)
+    assert config._private == private
+
+
+def test_keygen_1024_bits_for_a_legacy_rsa_partner(tmp_path: Path) -> None:
+    assert cli.main(["keygen", str(tmp_path), "--bits", "1024"]) == 0
+    private_pem = (tmp_path / "app_private_key.pem").read_text()
+    assert load_private_key(private_pem).size_in_bits() == 1024
+    LegacyConfig(partner=PARTNER, sign_type="RSA", private_key=private_pem)
+
+
+@pytest.mark.parametrize("existing", ["app_private_key.pem", "app_public_key.txt"])
+def test_keygen_never_overwrites(tmp_path: Path, existing: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / existing).write_text("the old key\n")
+    assert cli.main(["keygen", str(tmp_path)]) == 2
+    assert (tmp_path / existing).read_text() == "the old key\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing]  # nothing else written either
+    assert "never overwritten" in capsys.readouterr().err
