@@ -92,12 +92,12 @@ class Alipay:
         for name, value, types, optional, form in (
             ("notify_path", notify_path, str, False, "a URL path starting with '/'"),
             ("return_path", return_path, str, False, "a URL path starting with '/'"),
-            ("max_body", max_body, int, False, "bytes, 1024 to 16 MiB"),
-            ("lease_seconds", lease_seconds, (int, float), False, "seconds, 1 to 86400"),
-            ("hook_threads", hook_threads, int, False, "1 to 256"),
-            ("trusted_proxies", trusted_proxies, int, False, "the number of proxy hops, 0-16"),
+            ("max_body", max_body, int, False, "a size between 1024 and 16 MiB"),
+            ("lease_seconds", lease_seconds, (int, float), False, "between 1 and 86400 seconds"),
+            ("hook_threads", hook_threads, int, False, "between 1 and 256"),
+            ("trusted_proxies", trusted_proxies, int, False, "the number of proxy hops (0-16)"),
             ("confirm_returns", confirm_returns, bool, False, ""),
-            ("return_checks", return_checks, int, True, "0 to hook_threads - 1"),
+            ("return_checks", return_checks, int, True, "a count from 0 to hook_threads - 1"),
         ):
             check_type(name, value, types, form, optional=optional)
         for name, path in (("notify_path", notify_path), ("return_path", return_path)):

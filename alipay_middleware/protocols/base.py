@@ -33,7 +33,8 @@ def check_type(setting: str, value: object, expected: type | tuple[type, ...], f
 
     The message names the type expected and the type given, and shows the value (not when ``secret``),
     so that ``2021000000000000``, which looks right, is seen to be an int. ``bool`` is never taken for an
-    int. ``form`` says what the value is, e.g. "the 16-digit app id, in quotes".
+    int. ``form`` says what the value is, e.g. "the 16-digit app id": ``app_id must be the 16-digit app id
+(a str), got int: 2021000000000000``.
     """
     types = expected if isinstance(expected, tuple) else (expected,)
     if value is None and optional:
@@ -43,7 +44,8 @@ def check_type(setting: str, value: object, expected: type | tuple[type, ...], f
     wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types) + (" or None" if optional else "")
     given = type(value).__name__
     shown = "" if secret else f": {value!r:.80}"
-    raise SettingTypeError(f"{setting} must be {wanted}{f' ({form})' if form else ''}, got {given}{shown}")
+    must = f"{form} ({wanted})" if form else wanted
+    raise SettingTypeError(f"{setting} must be {must}, got {given}{shown}")
 
 
 def verify_signed_fields(

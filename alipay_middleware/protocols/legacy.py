@@ -69,20 +69,20 @@ _RESERVED = frozenset({
 _KEY_TEXT = (str, bytes)
 #: Each setting's type, checked first: (setting, types, None allowed, what it is, secret).
 SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
-    ("partner", str, False, "the 16-digit partner id starting with 2088, in quotes", False),
+    ("partner", str, False, "the 16-digit partner id starting with 2088", False),
     ("key", str, True, "the 32-character MD5 key", True),
     ("sign_type", str, False, "'MD5' or 'RSA'", False),
     ("private_key", _KEY_TEXT, True, "the key's text", True),
     ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
-    ("seller_id", str, True, "the 16-digit 2088... id, in quotes", False),
+    ("seller_id", str, True, "a 16-digit 2088... id", False),
     ("seller_email", str, True, "the seller's Alipay account", False),
-    ("gateway", str, False, "the gateway's URL", False),
+    ("gateway", str, False, "an absolute http(s) URL", False),
     ("verify_notify_id", bool, False, "", False),
     ("input_charset", str, False, "'utf-8' or 'gbk'", False),
     ("notify_url", str, True, "an absolute http(s) URL", False),
     ("return_url", str, True, "an absolute http(s) URL", False),
-    ("coupon_policy", str, False, "one of " + ", ".join(repr(p) for p in COUPON_POLICIES), False),
-    ("verify_timeout", (int, float), False, "seconds, between 0 and 60", False),
+    ("coupon_policy", str, False, f"one of {COUPON_POLICIES}", False),
+    ("verify_timeout", (int, float), False, "between 0 and 60 seconds", False),
 )
 
 

@@ -65,12 +65,12 @@ _KEY_TEXT = (str, bytes)
 #: Each setting's type, checked first so that a message says "got int" for ``app_id=2021000000000000``:
 #: (setting, types, None allowed, what it is, secret). The certificates' loader names their types itself.
 SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
-    ("app_id", str, False, "the 16-digit app id from the Open Platform console, in quotes", False),
+    ("app_id", str, False, "the 16-digit app id from the Open Platform console", False),
     ("app_private_key", _KEY_TEXT, False, "the key's text", True),
     ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
-    ("sign_type", str, False, "'RSA2' or 'RSA'", False),
-    ("gateway", str, False, "the gateway's URL", False),
-    ("seller_id", str, True, "the 16-digit 2088... partner id, in quotes", False),
+    ("sign_type", str, False, "'RSA2' (recommended) or 'RSA'", False),
+    ("gateway", str, False, "an absolute http(s) URL", False),
+    ("seller_id", str, True, "the 16-digit 2088... partner id", False),
     ("notify_url", str, True, "an absolute http(s) URL", False),
     ("return_url", str, True, "an absolute http(s) URL", False),
 )
