@@ -31,6 +31,7 @@ from .gateway.legacy_client import LegacyClient
 from .gateway.transport import notify_verify
 from .ledger import Ledger, open_ledger
 from .ledger.pending import PendingFinishes
+from .protocols.base import check_type
 from .protocols.helper import check_allowed_hosts, check_base_url
 from .protocols.legacy import LegacyConfig
 from .protocols.openapi import OpenApiConfig, OpenApiProtocol
@@ -88,8 +89,19 @@ class Alipay:
         protocol_factory = getattr(config, "protocol", None)
         if protocol_factory is None:
             raise TypeError(f"config must be an OpenApiConfig or a LegacyConfig, not {type(config).__name__}")
+        for name, value, types, optional, form in (
+            ("notify_path", notify_path, str, False, "a URL path starting with '/'"),
+            ("return_path", return_path, str, False, "a URL path starting with '/'"),
+            ("max_body", max_body, int, False, "a size between 1024 and 16 MiB"),
+            ("lease_seconds", lease_seconds, (int, float), False, "between 1 and 86400 seconds"),
+            ("hook_threads", hook_threads, int, False, "between 1 and 256"),
+            ("trusted_proxies", trusted_proxies, int, False, "the number of proxy hops (0-16)"),
+            ("confirm_returns", confirm_returns, bool, False, ""),
+            ("return_checks", return_checks, int, True, "a count from 0 to hook_threads - 1"),
+        ):
+            check_type(name, value, types, form, optional=optional)
         for name, path in (("notify_path", notify_path), ("return_path", return_path)):
-            if not isinstance(path, str) or not _PATH.fullmatch(path):
+            if not _PATH.fullmatch(path):
                 raise ValueError(f"{name} must be a URL path starting with '/', got {path!r}")
         if notify_path == return_path:
             raise ValueError("notify_path and return_path must differ")

@@ -2,9 +2,10 @@
 
 Look into the ledger (``list``, ``show``), run failed events' hooks again through the very steps of
 the notify path (``replay``), drop old raw bodies while keeping every dedupe key (``prune``), print or
-apply the PostgreSQL schema (``schema``) and copy a ledger into another (``migrate``). Every command
-reads the ledger from ``--ledger URL`` or, without it, from the ``ALIPAY_LEDGER`` environment variable;
-a PostgreSQL URL names its table with ``?table=`` (and ``&schema=``), as ``Alipay(ledger=...)`` does.
+apply the PostgreSQL schema (``schema``) and copy a ledger into another (``migrate``); ``keygen`` makes
+the app's RSA key pair. Every other command reads the ledger from ``--ledger URL`` or, without it, from
+the ``ALIPAY_LEDGER`` environment variable; a PostgreSQL URL names its table with ``?table=`` (and
+``&schema=``), as ``Alipay(ledger=...)`` does.
 
 Exit codes: 0 done, 1 something failed (an unknown key, a replayed hook that raised, an unreachable
 ledger), 2 a usage or configuration error.
@@ -45,6 +46,7 @@ from .ledger import (
     split_table_params,
 )
 from .ledger.base import FOREIGN_PREFIX
+from .wire.keys import write_key_pair
 
 PROG = "alipay-middleware"
 LEDGER_HELP = (
@@ -462,6 +464,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- keygen ---------------------------------------------------------------------------------------------
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        paths, line = write_key_pair(args.directory, args.bits)
+    except FileExistsError as exc:
+        raise CliError(str(exc)) from None
+    if args.bits == 1024:
+        where = ("a legacy RSA partner (sign_type='RSA'): upload the public key below in the merchant console, "
+                 "then LegacyConfig(partner=..., sign_type='RSA', private_key=<the private key's text>)")
+    else:
+        where = ("an Open Platform app (RSA2): paste the public key below into the console (接口加签方式 -> 公钥), "
+                 "then OpenApiConfig(app_id=..., app_private_key=<the private key's text>, "
+                 "alipay_public_key=<the *Alipay* public key the console then shows>)")
+    _emit(f"wrote {paths[0]} (RSA-{args.bits} private key, PKCS#8, readable by you only: never upload it), "
+          f"{paths[1]} and {paths[2]} (the public key)")
+    _emit(f"for {where}")
+    _emit("the public key, as the console wants it (one line):")
+    _emit(line)
+    return 0
+
+
 # -- the parser -----------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,6 +583,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="source", metavar="URL",
                          help="the ledger to copy (default: --ledger, then ALIPAY_LEDGER)")
     migrate.add_argument("--to", dest="target", metavar="URL", required=True, help="the ledger to copy into")
+
+    keygen = commands.add_parser(
+        "keygen", help="make your app's RSA key pair",
+        description="Make an RSA key pair for your app in DIRECTORY (created if missing): app_private_key.pem "
+                    "(PKCS#8, mode 0600), app_public_key.pem, and app_public_key.txt, the one-line base64 "
+                    "the Alipay console wants, which is also printed. Existing files are never overwritten.")
+    keygen.set_defaults(run=cmd_keygen)
+    keygen.add_argument("directory", metavar="DIR", help="where to write the three files")
+    keygen.add_argument("--bits", type=int, choices=(2048, 1024), default=2048,
+                        help="2048 (default: Open Platform apps, RSA2) or 1024 (legacy RSA partners)")
     return parser
 
 

@@ -24,6 +24,7 @@ from Crypto.Signature import pkcs1_15
 from alipay_middleware import Alipay, LegacyConfig
 from alipay_middleware.fronts.asgi import asgi_client
 from alipay_middleware.fronts.wsgi import wsgi_client
+from alipay_middleware.protocols.base import SettingTypeError
 from alipay_middleware.protocols.helper import client_address
 from alipay_middleware.protocols.legacy import LEGACY_ALIPAY_PUBLIC_KEY, sign_request
 from alipay_middleware.wire.keys import load_private_key, load_public_key
@@ -270,7 +271,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("partner-too-short", {"partner": "2088123"}, ValueError, "partner must be the 16-digit partner id"),
     ("partner-17-digits", {"partner": "20880000000000021"}, ValueError, "partner must be the 16-digit"),
     ("partner-letters", {"partner": "2088abcdefghijkl"}, ValueError, "partner must be the 16-digit"),
-    ("partner-int", {"partner": 2088000000000002}, ValueError, "partner must be the 16-digit"),
+    ("partner-int", {"partner": 2088000000000002}, SettingTypeError, "partner must be the 16-digit.*got int"),
     ("dsa", {"sign_type": "DSA"}, ValueError, r"sign_type 'DSA' .*no gateway implements it.*use 'MD5'"),
     ("rsa2", {"sign_type": "RSA2", "key": None, "private_key": OWN_PRIVATE}, ValueError,
      r"sign_type 'RSA2' belongs to the Open Platform.*OpenApiConfig"),
@@ -310,12 +311,13 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
      r"coupon_policy must be one of \('strict', 'accept_lower'\), got 'whatever'"),
     ("verify-timeout-0", {"verify_timeout": 0}, ValueError, "verify_timeout must be between 0 and 60 seconds, got 0"),
     ("verify-timeout-120", {"verify_timeout": 120}, ValueError, "verify_timeout must be between 0 and 60 seconds"),
-    ("verify-timeout-true", {"verify_timeout": True}, ValueError, "verify_timeout must be between 0 and 60"),
+    ("verify-timeout-true", {"verify_timeout": True}, SettingTypeError, "verify_timeout must be between 0 and 60"),
     ("seller-id-malformed", {"seller_id": "2088-0000-0000-01"}, ValueError, "seller_id must be a 16-digit 2088"),
     ("seller-id-not-2088", {"seller_id": "1000000000000000"}, ValueError, "seller_id must be a 16-digit 2088"),
     ("seller-email-spaces", {"seller_email": " shop@example.com "}, ValueError,
      "seller_email must be the seller's Alipay account"),
-    ("verify-notify-id-not-bool", {"verify_notify_id": "yes"}, TypeError, "verify_notify_id must be True or False"),
+    ("verify-notify-id-not-bool", {"verify_notify_id": "yes"}, SettingTypeError,
+     "verify_notify_id must be True or False"),
 ]
 
 

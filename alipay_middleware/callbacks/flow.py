@@ -34,6 +34,7 @@ from dataclasses import replace
 from ..errors import GatewayUnavailable, LedgerUnavailable, Rejection
 from ..events import PAID, ReturnResult
 from ..ledger.base import Ledger, StoredEvent
+from . import alerts
 from .answers import DUPLICATE, Answer
 from .confirm import CHECKS_FULL, confirm_flow
 from .ports import FlowPort
@@ -58,10 +59,7 @@ def notify_flow(port: FlowPort, raw: bytes, content_type: str | None) -> Flow:
                 return DUPLICATE
         yield from _origin_checked(port, fields, on_return=False)
     except Rejection as rejection:
-        # A signed message that Alipay disowns, or an origin check that cannot be made, is worth a look.
-        level = logging.WARNING if rejection.reason.startswith("origin") else logging.INFO
-        log.log(level, "alipay notify rejected reason=%s status=%d%s", rejection.reason, rejection.status,
-                f" detail={rejection.detail}" if rejection.detail else "")
+        _log_rejection(rejection)
         return Answer(rejection.status, rejection.reason)
 
     problem = protocol.recipient_problem(fields)
@@ -75,6 +73,25 @@ def notify_flow(port: FlowPort, raw: bytes, content_type: str | None) -> Flow:
         return Answer(400, problem)
     answer = yield from process(port, event, raw, charset, "notify")
     return answer
+
+
+def _log_rejection(rejection: Rejection) -> None:
+    """One line per rejection. A signed message that Alipay disowns, or an origin check that cannot be
+    made, is worth a look: WARNING. A bad signature or another sign_type usually means a wrong key or
+    sign_type when it happens to every notification: WARNING with the likely causes, at most once a
+    minute per reason (see :mod:`.alerts`); INFO otherwise."""
+    reason = rejection.reason
+    detail = f" detail={rejection.detail}" if rejection.detail else ""
+    if reason in alerts.LIKELY_CAUSES:
+        suppressed = alerts.REJECTIONS.admit(reason)
+        if suppressed is not None:
+            more = f"; {suppressed} more since the last were logged at INFO" if suppressed else ""
+            log.warning("alipay notify rejected reason=%s status=%d%s: %s (at most one such WARNING every %gs%s)",
+                        reason, rejection.status, detail, alerts.LIKELY_CAUSES[reason], alerts.REJECTIONS.interval,
+                        more)
+            return
+    level = logging.WARNING if reason.startswith("origin") else logging.INFO
+    log.log(level, "alipay notify rejected reason=%s status=%d%s", reason, rejection.status, detail)
 
 
 def _known_done(ledger: Ledger, key: str) -> Steps[bool]:

@@ -24,7 +24,7 @@ from typing import Any
 from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow_in_thread
-from .port import FrontPort, check_port
+from .port import FrontPort, check_port, warn_about_mount
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -77,6 +77,7 @@ class AlipayASGIMiddleware:
         alipay = self.alipay
         if not self._started:
             alipay.start()
+            warn_about_mount(alipay, scope.get("root_path", ""))
             self._started = True
         path = scope["path"]
         root = scope.get("root_path")

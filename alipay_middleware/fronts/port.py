@@ -8,12 +8,16 @@ front). It includes what the pay helper reads, since the fronts hand the same ob
 from __future__ import annotations
 
 import inspect
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, cast
+from urllib.parse import unquote, urlsplit
 
 from ..callbacks.steps import Flow, Steps
 from ..events import ReturnResult
 from ..protocols.helper import HelperSettings
+
+log = logging.getLogger("alipay_middleware")
 
 
 class FrontPort(HelperSettings, Protocol):
@@ -42,3 +46,29 @@ def check_port(alipay: object, front: str) -> FrontPort:
     if any(inspect.getattr_static(alipay, name, missing) is missing for name in _MEMBERS):
         raise TypeError(f"{front} needs alipay=Alipay(...), not {type(alipay).__name__}")
     return cast(FrontPort, alipay)
+
+
+_WHAT_GOES_WRONG = {
+    "notify_url": "Alipay's notifications will get your app's 404 and payments never confirm",
+    "return_url": "buyers coming back from Alipay land on a page the middleware never verifies (or a 404)",
+}
+
+
+def warn_about_mount(alipay: FrontPort, root_path: str) -> None:
+    """At a front's first request: a WARNING for each configured ``notify_url``/``return_url`` whose path is
+    not where this front answers it, the mount prefix (``SCRIPT_NAME`` / ``root_path``) plus
+    ``notify_path``/``return_path``, naming both paths and the setting to change."""
+    prefix = unquote(root_path).rstrip("/")
+    for setting, argument, path in (("notify_url", "notify_path", alipay.notify_path),
+                                    ("return_url", "return_path", alipay.return_path)):
+        url = getattr(alipay.config, setting, None)
+        if not isinstance(url, str):
+            continue
+        configured = unquote(urlsplit(url).path)
+        mounted = prefix + path
+        if configured != mounted:
+            mount = f"mount prefix {prefix!r} + {argument} {path!r}" if prefix else f"{argument} {path!r}"
+            log.warning("alipay: %s's path is %r but this middleware answers at %r (%s): %s. Change %s in the "
+                        "config to end in %r, or %s to match (behind a proxy that strips a path prefix, pass the "
+                        "prefix on: werkzeug's ProxyFix(x_prefix=1), uvicorn's --root-path)", setting, configured,
+                        mounted, mount, _WHAT_GOES_WRONG[setting], setting, mounted, argument)

@@ -23,7 +23,7 @@ from werkzeug.wsgi import get_input_stream
 from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, Answer, precheck
 from ..protocols.helper import RequestOrigin
 from .drive import run_flow
-from .port import FrontPort, check_port
+from .port import FrontPort, check_port, warn_about_mount
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -57,6 +57,7 @@ class AlipayWSGIMiddleware:
         alipay = self.alipay
         if not self._started:
             alipay.start()
+            warn_about_mount(alipay, environ.get("SCRIPT_NAME", ""))
             self._started = True
         path = environ.get("PATH_INFO", "")
         if path == self._notify_path:

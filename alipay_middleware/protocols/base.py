@@ -19,6 +19,35 @@ from ..wire.form import content_type_charset, parse_amount, parse_form, sniff_ch
 from ..wire.signing import Verifier, sign_string
 
 
+class SettingTypeError(TypeError, ValueError):
+    """A setting of the wrong type (``app_id=2021000000000000`` as an int). A :class:`TypeError`, and a
+    :class:`ValueError` too, as every other bad setting is."""
+
+
+_TYPE_NAMES = {str: "a str", int: "an int", float: "a float", bool: "True or False"}
+
+
+def check_type(setting: str, value: object, expected: type | tuple[type, ...], form: str = "", *,
+               optional: bool = False, secret: bool = False) -> None:
+    """Raise :class:`SettingTypeError` unless ``value`` is one of ``expected`` (None too when ``optional``).
+
+    The message names the type expected and the type given, and shows the value (not when ``secret``),
+    so that ``2021000000000000``, which looks right, is seen to be an int. ``bool`` is never taken for an
+    int. ``form`` says what the value is, e.g. "the 16-digit app id": ``app_id must be the 16-digit app id
+(a str), got int: 2021000000000000``.
+    """
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if value is None and optional:
+        return
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return
+    wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types) + (" or None" if optional else "")
+    given = type(value).__name__
+    shown = "" if secret else f": {value!r:.80}"
+    must = f"{form} ({wanted})" if form else wanted
+    raise SettingTypeError(f"{setting} must be {must}, got {given}{shown}")
+
+
 def verify_signed_fields(
     fields: Mapping[str, str],
     charset: str,

@@ -28,7 +28,7 @@ from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnRe
 from ..wire.form import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
-from .base import Protocol, amount_field, verify_signed_fields
+from .base import Protocol, amount_field, check_type, verify_signed_fields
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
 from .openapi import check_gateway
 from .proxy import parse_proxy
@@ -66,6 +66,26 @@ _RESERVED = frozenset({
 })
 
 
+_KEY_TEXT = (str, bytes)
+#: Each setting's type, checked first: (setting, types, None allowed, what it is, secret).
+SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
+    ("partner", str, False, "the 16-digit partner id starting with 2088", False),
+    ("key", str, True, "the 32-character MD5 key", True),
+    ("sign_type", str, False, "'MD5' or 'RSA'", False),
+    ("private_key", _KEY_TEXT, True, "the key's text", True),
+    ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
+    ("seller_id", str, True, "a 16-digit 2088... id", False),
+    ("seller_email", str, True, "the seller's Alipay account", False),
+    ("gateway", str, False, "an absolute http(s) URL", False),
+    ("verify_notify_id", bool, False, "", False),
+    ("input_charset", str, False, "'utf-8' or 'gbk'", False),
+    ("notify_url", str, True, "an absolute http(s) URL", False),
+    ("return_url", str, True, "an absolute http(s) URL", False),
+    ("coupon_policy", str, False, f"one of {COUPON_POLICIES}", False),
+    ("verify_timeout", (int, float), False, "between 0 and 60 seconds", False),
+)
+
+
 @dataclass(frozen=True)
 class LegacyConfig:
     """A legacy merchant: partner id and MD5 key, or partner id and an RSA key pair.
@@ -95,7 +115,9 @@ class LegacyConfig:
     _verifier: Verifier = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.partner, str) or not _PARTNER.fullmatch(self.partner):
+        for name, types, optional, form, secret in SETTING_TYPES:
+            check_type(name, getattr(self, name), types, form, optional=optional, secret=secret)
+        if not _PARTNER.fullmatch(self.partner):
             raise ValueError(f"partner must be the 16-digit partner id starting with 2088, got {self.partner!r}")
         self._check_keys()
         if self.seller_id is None and self.seller_email is None:
