@@ -2,10 +2,12 @@
 
 WAL mode with ``synchronous=FULL``: a commit is on disk before the call returns, so an event recorded
 before its hook survives a crash. Each thread of each process has its own connection (reopened after a
-fork); writers serialise on ``BEGIN IMMEDIATE``, which is what makes claim-or-busy atomic between
-gunicorn workers. A writer that cannot get the lock within ``busy_timeout`` seconds gets
-:class:`LedgerUnavailable`, which the notify path answers with a retryable 503. The statements are in
-``sql/sqlite_schema.sql`` and ``sql/sqlite_queries.sql`` beside this module.
+fork; a child never closes its parent's). Connections of threads that have ended are closed the next
+time a thread connects, so a thread-per-request server (``flask run``, Django's runserver) holds no more
+connections than it has live threads. Writers serialise on ``BEGIN IMMEDIATE``, which is what makes
+claim-or-busy atomic between gunicorn workers. A writer that cannot get the lock within ``busy_timeout``
+seconds gets :class:`LedgerUnavailable`, which the notify path answers with a retryable 503. The
+statements are in ``sql/sqlite_schema.sql`` and ``sql/sqlite_queries.sql`` beside this module.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
         # An in-memory database lives in one connection, shared by all threads under a lock.
         self._lock: threading.Lock | None = threading.Lock() if self._memory else None
-        # (pid, connection): a forked child must neither use nor close its parent's connections.
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        # (pid, thread, connection): a forked child must neither use nor close its parent's connections,
+        # and a connection of a thread that has ended is closed the next time a thread connects.
+        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._q = _Queries(table)
         if not self._memory:
@@ -130,6 +133,13 @@ class SQLiteLedger(Ledger):
     # -- connections -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        with self._connections_lock:  # connections of threads that have ended (thread-per-request servers)
+            ended = [db for owner, thread, db in self._connections if owner == pid and not thread.is_alive()]
+            if ended:
+                self._connections = [held for held in self._connections if held[2] not in ended]
+        for db in ended:
+            self._close_quietly(db)
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                              check_same_thread=False)
         try:
@@ -140,8 +150,15 @@ class SQLiteLedger(Ledger):
             db.close()
             raise
         with self._connections_lock:
-            self._connections.append((os.getpid(), db))
+            self._connections.append((pid, threading.current_thread(), db))
         return db
+
+    @staticmethod
+    def _close_quietly(db: sqlite3.Connection) -> None:
+        try:
+            db.close()
+        except sqlite3.Error:  # pragma: no cover
+            pass
 
     def _wal(self, db: sqlite3.Connection) -> None:
         """Switch to WAL, waiting up to ``busy_timeout`` like every other statement. Workers that open a new
@@ -165,7 +182,7 @@ class SQLiteLedger(Ledger):
         if self._memory:
             if not self._connections:
                 return self._connect()
-            return self._connections[0][1]
+            return self._connections[0][2]
         db: sqlite3.Connection | None = getattr(local, "db", None)
         if db is None or local.pid != pid:  # new thread, or a forked child must not reuse a parent's
             db = self._connect()
@@ -348,13 +365,10 @@ class SQLiteLedger(Ledger):
     def close(self) -> None:
         pid = os.getpid()
         with self._connections_lock:
-            for owner, db in self._connections:
-                if owner == pid:
-                    try:
-                        db.close()
-                    except sqlite3.Error:  # pragma: no cover
-                        pass
+            mine = [db for owner, _, db in self._connections if owner == pid]
             self._connections.clear()
+        for db in mine:
+            self._close_quietly(db)
         self._local = threading.local()
 
 
