@@ -124,6 +124,19 @@ class Ledger(ABC):
                limit: int = 100) -> list[StoredEvent]:
         """Newest first, optionally filtered."""
 
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500) -> Iterator[StoredEvent]:
+        """Every event, optionally filtered, newest first (``oldest_first``: in the order they were
+        recorded), read ``page`` rows per query, so that a large ledger is never held in memory at once.
+        Rows recorded after the iteration started may or may not be seen.
+
+        Not abstract: this fallback reads everything with :meth:`events`, for ledgers of your own.
+        """
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        found = self.events(status=status, out_trade_no=out_trade_no, limit=-1)
+        yield from reversed(found) if oldest_first else found
+
     # -- transactional hooks: not abstract, a ledger of your own simply does not offer them -----------
 
     def transactions_unsupported(self) -> str | None:

@@ -503,6 +503,34 @@ class PostgresLedger(Ledger):
             rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
         return [TIMESTAMPTZ.stored(row) for row in rows]
 
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500) -> Iterator[StoredEvent]:
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append(sql.SQL("status = %s"))
+            args.append(status)
+        if out_trade_no is not None:
+            where.append(sql.SQL("out_trade_no = %s"))
+            args.append(out_trade_no)
+        order = sql.SQL(" ORDER BY id ASC LIMIT %s" if oldest_first else " ORDER BY id DESC LIMIT %s")
+        # Keyset paging: each page starts after the last id seen, so it costs the same at any depth.
+        first = sql.SQL("{} WHERE {}").format(self._q.select_page, sql.SQL(" AND ").join(where)) if where \
+            else self._q.select_page
+        after = sql.SQL("{} WHERE {}").format(
+            self._q.select_page, sql.SQL(" AND ").join([*where, sql.SQL("id > %s" if oldest_first else "id < %s")]))
+        last: int | None = None
+        while True:
+            query, values = (first, args) if last is None else (after, [*args, last])
+            with self._tx(single=True) as cur:
+                rows = cur.execute(sql.Composed([query, order]), [*values, page]).fetchall()
+            yield from (TIMESTAMPTZ.stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     # -- the operator's tools ---------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
@@ -593,6 +621,7 @@ class _Queries:
         self.lock_trade = q["lock_trade"]
         self.insert_foreign = q["insert_foreign"]
         self.select = q["select"]
+        self.select_page = q["select_page"]
         self.get = q["get"]
         self.probe = q["probe"]
         self.count_prunable = q["count_prunable"]

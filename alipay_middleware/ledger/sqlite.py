@@ -328,6 +328,31 @@ class SQLiteLedger(Ledger):
             rows = db.execute(sql, (*args, limit)).fetchall()
         return [EPOCH.stored(row) for row in rows]
 
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500) -> Iterator[StoredEvent]:
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if out_trade_no is not None:
+            where.append("out_trade_no = ?")
+            args.append(out_trade_no)
+        first = self._q.select_page + (" WHERE " + " AND ".join(where) if where else "")
+        order = " ORDER BY id ASC LIMIT ?" if oldest_first else " ORDER BY id DESC LIMIT ?"
+        # Keyset paging: each page starts after the last id seen, so it costs the same at any depth.
+        after = self._q.select_page + " WHERE " + " AND ".join([*where, "id > ?" if oldest_first else "id < ?"])
+        last: int | None = None
+        while True:
+            sql, values = (first, args) if last is None else (after, [*args, last])
+            with self._tx(write=False) as db:
+                rows = db.execute(sql + order, (*values, page)).fetchall()
+            yield from (EPOCH.stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     # -- the operator's tools ---------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
@@ -389,6 +414,7 @@ class _Queries:
         self.insert_foreign = q["insert_foreign"]
         self.status = q["status"]
         self.select = q["select"]
+        self.select_page = q["select_page"]
         self.get = q["get"]
         self.count_prunable = q["count_prunable"]
         self.prune = q["prune"]

@@ -54,6 +54,10 @@ SELECT status FROM {table} WHERE dedupe_key = %s;
 -- events() adds its WHERE, ORDER BY and LIMIT.
 SELECT {selected} FROM {table};
 
+-- name: select_page
+-- iter_events() adds its WHERE (with id < %s or id > %s), ORDER BY and LIMIT.
+SELECT id, {selected} FROM {table};
+
 -- name: get
 SELECT {selected} FROM {table} WHERE dedupe_key = %s;
 

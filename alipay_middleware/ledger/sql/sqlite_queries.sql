@@ -49,6 +49,10 @@ SELECT status FROM {table} WHERE dedupe_key = ?;
 -- events() adds its WHERE, ORDER BY and LIMIT.
 SELECT {columns} FROM {table};
 
+-- name: select_page
+-- iter_events() adds its WHERE (with id < ? or id > ?), ORDER BY and LIMIT.
+SELECT id, {columns} FROM {table};
+
 -- name: get
 SELECT {columns} FROM {table} WHERE dedupe_key = ?;
 
