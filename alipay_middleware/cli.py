@@ -213,7 +213,12 @@ def _as_json(event: StoredEvent) -> dict[str, Any]:
     return data
 
 
-def _print_table(header: Sequence[str], rows: Callable[[], Iterable[Sequence[str]]]) -> bool:
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    if not _print_rows_read_twice(header, lambda: rows):
+        _emit("  ".join(header).rstrip())
+
+
+def _print_rows_read_twice(header: Sequence[str], rows: Callable[[], Iterable[Sequence[str]]]) -> bool:
     """Print ``rows()`` under ``header`` in aligned columns; False (nothing printed) when there are none.
 
     ``rows()`` is read twice, once to measure the columns and once to print them, so that no more than
@@ -241,13 +246,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         listed = ledger.events(status=args.status, out_trade_no=args.order, limit=args.limit) if args.limit else None
 
         def events() -> Iterable[StoredEvent]:
-            return listed if listed is not None else ledger.iter_events(status=args.status, out_trade_no=args.order)
+            if listed is not None:
+                return listed
+            # The table shows neither raw bodies nor fields: they are not read (the JSON lines need them).
+            return ledger.iter_events(status=args.status, out_trade_no=args.order, bodies=args.json)
 
         if args.json:
             for event in events():
                 print(_json_line(_as_json(event)))
             return 0
-        if not _print_table(
+        if not _print_rows_read_twice(
             ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
             lambda: ((e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at),
                       _visible(e.reason or "")) for e in events()),

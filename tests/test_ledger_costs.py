@@ -4,6 +4,7 @@ ledger reads of ``list`` and ``replay`` on a large ledger (issue 13, section 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -182,6 +183,8 @@ def test_iter_events_reads_page_by_page_in_the_order_of_events(big_ledger: Ledge
     assert list(big_ledger.iter_events(status=status, oldest_first=True, page=100)) == everything[::-1]
     order = list(big_ledger.iter_events(status=status, out_trade_no="T7", page=3))
     assert order == big_ledger.events(status=status, out_trade_no="T7", limit=-1) and order
+    bare = list(big_ledger.iter_events(status=status, page=100, bodies=False))  # for listings: no body, no fields
+    assert bare == [dataclasses.replace(e, raw_body=None, fields={}) for e in everything]
 
 
 def test_list_by_status_uses_the_status_index_for_new_and_existing_sqlite_ledgers(tmp_path: Path) -> None:

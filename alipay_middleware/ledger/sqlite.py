@@ -329,7 +329,8 @@ class SQLiteLedger(Ledger):
         return [EPOCH.stored(row) for row in rows]
 
     def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
-                    oldest_first: bool = False, page: int = 500) -> Iterator[StoredEvent]:
+                    oldest_first: bool = False, page: int = 500, bodies: bool = True) -> Iterator[StoredEvent]:
+        select = self._q.select_page if bodies else self._q.select_page_bare
         if page < 1:
             raise ValueError(f"page must be at least 1, got {page!r}")
         where, args = [], []
@@ -339,10 +340,10 @@ class SQLiteLedger(Ledger):
         if out_trade_no is not None:
             where.append("out_trade_no = ?")
             args.append(out_trade_no)
-        first = self._q.select_page + (" WHERE " + " AND ".join(where) if where else "")
+        first = select + (" WHERE " + " AND ".join(where) if where else "")
         order = " ORDER BY id ASC LIMIT ?" if oldest_first else " ORDER BY id DESC LIMIT ?"
         # Keyset paging: each page starts after the last id seen, so it costs the same at any depth.
-        after = self._q.select_page + " WHERE " + " AND ".join([*where, "id > ?" if oldest_first else "id < ?"])
+        after = select + " WHERE " + " AND ".join([*where, "id > ?" if oldest_first else "id < ?"])
         last: int | None = None
         while True:
             sql, values = (first, args) if last is None else (after, [*args, last])
@@ -401,7 +402,9 @@ class _Queries:
     """Every statement of ``sql/sqlite_queries.sql``, with the table's name filled in."""
 
     def __init__(self, table: str) -> None:
-        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP))}
+        bare = {"raw_body": "NULL", "fields": "'{}'"}
+        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP)),
+                 "bare": ", ".join(bare.get(name, name) for name in COLUMNS)}
         q = {name: text.format(**names) for name, text in load_statements("sqlite_queries").items()}
         self.claim_read = q["claim_read"]
         self.trade_lease = q["trade_lease"]
@@ -415,6 +418,7 @@ class _Queries:
         self.status = q["status"]
         self.select = q["select"]
         self.select_page = q["select_page"]
+        self.select_page_bare = q["select_page_bare"]
         self.get = q["get"]
         self.count_prunable = q["count_prunable"]
         self.prune = q["prune"]

@@ -53,6 +53,10 @@ SELECT {columns} FROM {table};
 -- iter_events() adds its WHERE (with id < ? or id > ?), ORDER BY and LIMIT.
 SELECT id, {columns} FROM {table};
 
+-- name: select_page_bare
+-- The same without the raw body and the fields ({bare}: NULL and '{{}}' in their places).
+SELECT id, {bare} FROM {table};
+
 -- name: get
 SELECT {columns} FROM {table} WHERE dedupe_key = ?;
 
