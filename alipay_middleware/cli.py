@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import heapq
 import importlib
 import io
+import itertools
 import json
 import logging
 import os
 import sys
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -214,10 +216,26 @@ def _as_json(event: StoredEvent) -> dict[str, Any]:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    rows = [[_visible(cell) for cell in row] for row in rows]  # escaped before the widths are measured
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
+    if not _print_rows_read_twice(header, lambda: rows):
+        _emit("  ".join(header).rstrip())
+
+
+def _print_rows_read_twice(header: Sequence[str], rows: Callable[[], Iterable[Sequence[str]]]) -> bool:
+    """Print ``rows()`` under ``header`` in aligned columns; False (nothing printed) when there are none.
+
+    ``rows()`` is read twice, once to measure the columns and once to print them, so that no more than
+    a page of a large ledger is ever held. A row that changed in between may come out misaligned."""
+    widths = [len(cell) for cell in header]
+    count = 0
+    for row in rows():
+        count += 1
+        widths = [max(width, len(_visible(cell))) for width, cell in zip(widths, row, strict=True)]
+    if not count:
+        return False
+    lines = itertools.chain([header], ([_visible(cell) for cell in row] for row in rows()))  # escaped as measured
+    for row in lines:
         _emit("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return True
 
 
 # -- list, show ---------------------------------------------------------------------------------------------
@@ -226,19 +244,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 0:
         raise CliError("--limit must be 0 (no limit) or more")
     with _opened(_ledger_url(args)) as ledger:
-        events = ledger.events(status=args.status, out_trade_no=args.order, limit=args.limit or -1)
-    if args.json:
-        for event in events:
-            print(_json_line(_as_json(event)))
-        return 0
-    if not events:
-        _emit("no events")
-        return 0
-    _print_table(
-        ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
-        [(e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at), _visible(e.reason or ""))
-         for e in events],
-    )
+        # --limit 0 streams the ledger page by page; --limit N reads N rows.
+        listed = ledger.events(status=args.status, out_trade_no=args.order, limit=args.limit) if args.limit else None
+
+        def events() -> Iterable[StoredEvent]:
+            if listed is not None:
+                return listed
+            # The table shows neither raw bodies nor fields: they are not read (the JSON lines need them).
+            return ledger.iter_events(status=args.status, out_trade_no=args.order, bodies=args.json)
+
+        if args.json:
+            for event in events():
+                print(_json_line(_as_json(event)))
+            return 0
+        if not _print_rows_read_twice(
+            ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
+            lambda: ((e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), _when(e.updated_at),
+                      _visible(e.reason or "")) for e in events()),
+        ):
+            _emit("no events")
     return 0
 
 
@@ -310,19 +334,21 @@ def _check_same_ledger(args: argparse.Namespace, app_ledger: Ledger) -> None:
                            "deduplicated: leave --ledger out or name that ledger")
 
 
-def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[list[StoredEvent], list[str]]:
-    """The events to replay, oldest first (the order they were accepted in), and the unknown keys."""
+def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[Iterator[StoredEvent], list[str]]:
+    """The events to replay, oldest first (the order they were accepted in), and the unknown keys.
+
+    Without ``--key`` the events are read page by page as they are replayed (each status oldest first,
+    merged), so a ledger with many failed events is never held in memory at once."""
     if args.key:
         found = {key: ledger.get(key) for key in dict.fromkeys(args.key)}
         unknown = [key for key, event in found.items() if event is None]
         selected = [event for event in found.values() if event is not None]
-    else:
-        statuses = [args.status] if args.status else [FAILED, RECEIVED]
-        # Messages for another app or seller (recorded under "foreign:...") are never ours to run.
-        selected = [event for status in statuses for event in ledger.events(status=status, limit=-1)
-                    if not event.key.startswith(FOREIGN_PREFIX)]
-        unknown = []
-    return sorted(selected, key=lambda event: event.received_at), unknown
+        return iter(sorted(selected, key=lambda event: event.received_at)), unknown
+    statuses = [args.status] if args.status else [FAILED, RECEIVED]
+    merged = heapq.merge(*(ledger.iter_events(status=status, oldest_first=True) for status in statuses),
+                         key=lambda event: event.received_at)
+    # Messages for another app or seller (recorded under "foreign:...") are never ours to run.
+    return (event for event in merged if not event.key.startswith(FOREIGN_PREFIX)), []
 
 
 def _outcome(answer: Answer) -> ReplayOutcome:
@@ -364,10 +390,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         selected, unknown = _select(alipay.ledger, args)
         for key in unknown:
             _emit(f"{'unknown':<13}{_visible(key)}  no such event in the app's ledger")
-        if not selected:
+        first = next(selected, None)
+        if first is None:
             if not unknown:
                 _emit("nothing to replay")
             return 1 if unknown else 0
+        selected = itertools.chain([first], selected)
         if args.dry_run:
             for event in selected:
                 live = event.lease_until is not None and event.lease_until > datetime.now(timezone.utc)

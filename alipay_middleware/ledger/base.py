@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from itertools import islice
 from typing import Any, Final, Literal
@@ -123,6 +123,21 @@ class Ledger(ABC):
     def events(self, status: str | None = None, out_trade_no: str | None = None,
                limit: int = 100) -> list[StoredEvent]:
         """Newest first, optionally filtered."""
+
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500, bodies: bool = True) -> Iterator[StoredEvent]:
+        """Every event, optionally filtered, newest first (``oldest_first``: in the order they were
+        recorded), read ``page`` rows per query, so that a large ledger is never held in memory at once.
+        Rows recorded after the iteration started may or may not be seen. With ``bodies=False`` the raw
+        body and the fields are not read (``raw_body`` is None and ``fields`` empty), for listings.
+
+        Not abstract: this fallback reads everything with :meth:`events`, for ledgers of your own.
+        """
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        found = self.events(status=status, out_trade_no=out_trade_no, limit=-1)
+        for stored in reversed(found) if oldest_first else found:
+            yield stored if bodies else replace(stored, raw_body=None, fields={})
 
     # -- transactional hooks: not abstract, a ledger of your own simply does not offer them -----------
 

@@ -503,6 +503,35 @@ class PostgresLedger(Ledger):
             rows = cur.execute(sql.SQL("{} ORDER BY id DESC LIMIT %s").format(query), args).fetchall()
         return [TIMESTAMPTZ.stored(row) for row in rows]
 
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500, bodies: bool = True) -> Iterator[StoredEvent]:
+        select = self._q.select_page if bodies else self._q.select_page_bare
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        where: list[sql.Composable] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append(sql.SQL("status = %s"))
+            args.append(status)
+        if out_trade_no is not None:
+            where.append(sql.SQL("out_trade_no = %s"))
+            args.append(out_trade_no)
+        order = sql.SQL(" ORDER BY id ASC LIMIT %s" if oldest_first else " ORDER BY id DESC LIMIT %s")
+        # Keyset paging: each page starts after the last id seen, so it costs the same at any depth.
+        first = sql.SQL("{} WHERE {}").format(select, sql.SQL(" AND ").join(where)) if where \
+            else select
+        after = sql.SQL("{} WHERE {}").format(
+            select, sql.SQL(" AND ").join([*where, sql.SQL("id > %s" if oldest_first else "id < %s")]))
+        last: int | None = None
+        while True:
+            query, values = (first, args) if last is None else (after, [*args, last])
+            with self._tx(single=True) as cur:
+                rows = cur.execute(sql.Composed([query, order]), [*values, page]).fetchall()
+            yield from (TIMESTAMPTZ.stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     # -- the operator's tools ---------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
@@ -577,6 +606,9 @@ class _Queries:
             "columns": sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
             "selected": sql.SQL(", ").join(
                 sql.SQL("fields::text") if name == "fields" else sql.Identifier(name) for name in COLUMNS),
+            "bare": sql.SQL(", ").join(
+                sql.SQL("NULL") if name == "raw_body" else sql.SQL("'{}'") if name == "fields" else sql.Identifier(name)
+                for name in COLUMNS),
         }
         q = {name: sql.SQL(text).format(**names) for name, text in load_statements("postgres_queries").items()}
         self.claim_signature = sql.SQL(load_statements("postgres_schema")["claim_function_signature"]).format(
@@ -593,6 +625,8 @@ class _Queries:
         self.lock_trade = q["lock_trade"]
         self.insert_foreign = q["insert_foreign"]
         self.select = q["select"]
+        self.select_page = q["select_page"]
+        self.select_page_bare = q["select_page_bare"]
         self.get = q["get"]
         self.probe = q["probe"]
         self.count_prunable = q["count_prunable"]

@@ -2,10 +2,12 @@
 
 WAL mode with ``synchronous=FULL``: a commit is on disk before the call returns, so an event recorded
 before its hook survives a crash. Each thread of each process has its own connection (reopened after a
-fork); writers serialise on ``BEGIN IMMEDIATE``, which is what makes claim-or-busy atomic between
-gunicorn workers. A writer that cannot get the lock within ``busy_timeout`` seconds gets
-:class:`LedgerUnavailable`, which the notify path answers with a retryable 503. The statements are in
-``sql/sqlite_schema.sql`` and ``sql/sqlite_queries.sql`` beside this module.
+fork; a child never closes its parent's). Connections of threads that have ended are closed the next
+time a thread connects, so a thread-per-request server (``flask run``, Django's runserver) holds no more
+connections than it has live threads. Writers serialise on ``BEGIN IMMEDIATE``, which is what makes
+claim-or-busy atomic between gunicorn workers. A writer that cannot get the lock within ``busy_timeout``
+seconds gets :class:`LedgerUnavailable`, which the notify path answers with a retryable 503. The
+statements are in ``sql/sqlite_schema.sql`` and ``sql/sqlite_queries.sql`` beside this module.
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ class SQLiteLedger(Ledger):
         self._local = threading.local()
         # An in-memory database lives in one connection, shared by all threads under a lock.
         self._lock: threading.Lock | None = threading.Lock() if self._memory else None
-        # (pid, connection): a forked child must neither use nor close its parent's connections.
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
+        # (pid, thread, connection): a forked child must neither use nor close its parent's connections,
+        # and a connection of a thread that has ended is closed the next time a thread connects.
+        self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._q = _Queries(table)
         if not self._memory:
@@ -130,6 +133,13 @@ class SQLiteLedger(Ledger):
     # -- connections -------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        with self._connections_lock:  # connections of threads that have ended (thread-per-request servers)
+            ended = [db for owner, thread, db in self._connections if owner == pid and not thread.is_alive()]
+            if ended:
+                self._connections = [held for held in self._connections if held[2] not in ended]
+        for db in ended:
+            self._close_quietly(db)
         db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                              check_same_thread=False)
         try:
@@ -140,8 +150,15 @@ class SQLiteLedger(Ledger):
             db.close()
             raise
         with self._connections_lock:
-            self._connections.append((os.getpid(), db))
+            self._connections.append((pid, threading.current_thread(), db))
         return db
+
+    @staticmethod
+    def _close_quietly(db: sqlite3.Connection) -> None:
+        try:
+            db.close()
+        except sqlite3.Error:  # pragma: no cover
+            pass
 
     def _wal(self, db: sqlite3.Connection) -> None:
         """Switch to WAL, waiting up to ``busy_timeout`` like every other statement. Workers that open a new
@@ -165,7 +182,7 @@ class SQLiteLedger(Ledger):
         if self._memory:
             if not self._connections:
                 return self._connect()
-            return self._connections[0][1]
+            return self._connections[0][2]
         db: sqlite3.Connection | None = getattr(local, "db", None)
         if db is None or local.pid != pid:  # new thread, or a forked child must not reuse a parent's
             db = self._connect()
@@ -311,6 +328,32 @@ class SQLiteLedger(Ledger):
             rows = db.execute(sql, (*args, limit)).fetchall()
         return [EPOCH.stored(row) for row in rows]
 
+    def iter_events(self, status: str | None = None, out_trade_no: str | None = None, *,
+                    oldest_first: bool = False, page: int = 500, bodies: bool = True) -> Iterator[StoredEvent]:
+        select = self._q.select_page if bodies else self._q.select_page_bare
+        if page < 1:
+            raise ValueError(f"page must be at least 1, got {page!r}")
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if out_trade_no is not None:
+            where.append("out_trade_no = ?")
+            args.append(out_trade_no)
+        first = select + (" WHERE " + " AND ".join(where) if where else "")
+        order = " ORDER BY id ASC LIMIT ?" if oldest_first else " ORDER BY id DESC LIMIT ?"
+        # Keyset paging: each page starts after the last id seen, so it costs the same at any depth.
+        after = select + " WHERE " + " AND ".join([*where, "id > ?" if oldest_first else "id < ?"])
+        last: int | None = None
+        while True:
+            sql, values = (first, args) if last is None else (after, [*args, last])
+            with self._tx(write=False) as db:
+                rows = db.execute(sql + order, (*values, page)).fetchall()
+            yield from (EPOCH.stored(row[1:]) for row in rows)  # outside the transaction
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
     # -- the operator's tools ---------------------------------------------------------------------
 
     def prune(self, before: datetime, *, dry_run: bool = False) -> int:
@@ -348,13 +391,10 @@ class SQLiteLedger(Ledger):
     def close(self) -> None:
         pid = os.getpid()
         with self._connections_lock:
-            for owner, db in self._connections:
-                if owner == pid:
-                    try:
-                        db.close()
-                    except sqlite3.Error:  # pragma: no cover
-                        pass
+            mine = [db for owner, _, db in self._connections if owner == pid]
             self._connections.clear()
+        for db in mine:
+            self._close_quietly(db)
         self._local = threading.local()
 
 
@@ -362,7 +402,9 @@ class _Queries:
     """Every statement of ``sql/sqlite_queries.sql``, with the table's name filled in."""
 
     def __init__(self, table: str) -> None:
-        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP))}
+        bare = {"raw_body": "NULL", "fields": "'{}'"}
+        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP)),
+                 "bare": ", ".join(bare.get(name, name) for name in COLUMNS)}
         q = {name: text.format(**names) for name, text in load_statements("sqlite_queries").items()}
         self.claim_read = q["claim_read"]
         self.trade_lease = q["trade_lease"]
@@ -375,6 +417,8 @@ class _Queries:
         self.insert_foreign = q["insert_foreign"]
         self.status = q["status"]
         self.select = q["select"]
+        self.select_page = q["select_page"]
+        self.select_page_bare = q["select_page_bare"]
         self.get = q["get"]
         self.count_prunable = q["count_prunable"]
         self.prune = q["prune"]

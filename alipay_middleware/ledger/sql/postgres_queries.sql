@@ -54,6 +54,14 @@ SELECT status FROM {table} WHERE dedupe_key = %s;
 -- events() adds its WHERE, ORDER BY and LIMIT.
 SELECT {selected} FROM {table};
 
+-- name: select_page
+-- iter_events() adds its WHERE (with id < %s or id > %s), ORDER BY and LIMIT.
+SELECT id, {selected} FROM {table};
+
+-- name: select_page_bare
+-- The same without the raw body and the fields ({bare}: NULL and '{{}}' in their places).
+SELECT id, {bare} FROM {table};
+
 -- name: get
 SELECT {selected} FROM {table} WHERE dedupe_key = %s;
 

@@ -49,6 +49,14 @@ SELECT status FROM {table} WHERE dedupe_key = ?;
 -- events() adds its WHERE, ORDER BY and LIMIT.
 SELECT {columns} FROM {table};
 
+-- name: select_page
+-- iter_events() adds its WHERE (with id < ? or id > ?), ORDER BY and LIMIT.
+SELECT id, {columns} FROM {table};
+
+-- name: select_page_bare
+-- The same without the raw body and the fields ({bare}: NULL and '{{}}' in their places).
+SELECT id, {bare} FROM {table};
+
 -- name: get
 SELECT {columns} FROM {table} WHERE dedupe_key = ?;
 

@@ -31,5 +31,10 @@ CREATE INDEX IF NOT EXISTS {table}_trade ON {table} (trade_key, status);
 -- name: create_status_index
 CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status, updated_at);
 
+-- name: create_status_order_index
+-- events(status=...) and iter_events(status=...), newest or oldest first, without sorting every row of
+-- that status. Ledgers made before it get it the next time they open (IF NOT EXISTS).
+CREATE INDEX IF NOT EXISTS {table}_status_id ON {table} (status, id);
+
 -- name: create_order_index
 CREATE INDEX IF NOT EXISTS {table}_order ON {table} (out_trade_no);
