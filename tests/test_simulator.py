@@ -567,3 +567,21 @@ def test_cli_runs_and_prints_what_to_configure(tmp_path: Path) -> None:
     text = "".join(lines)
     assert "SIMULATOR" in text and re.search(r"gateway URL:\s+http://127\.0\.0\.1:\d+/gateway\.do", text)
     assert "BEGIN PUBLIC KEY" in text and (tmp_path / "alipay-simulator-alipay-private.pem").exists()
+
+
+def test_keys_dir_also_holds_the_alipay_public_key_to_configure(tmp_path: Path) -> None:
+    from alipay_middleware.simulator.__main__ import build_parser, configure
+
+    parser = build_parser()
+    simulator = configure(parser, parser.parse_args(["--port", "0", "--keys-dir", str(tmp_path)]))
+    try:
+        assert (tmp_path / "alipay-public-key.pem").read_text() == simulator.alipay_public_key_pem
+        assert (tmp_path / "alipay-legacy-public-key.pem").read_text() == simulator.legacy_public_key_pem
+    finally:
+        simulator.close()
+    # A restart keeps the same keys, so the configured public key stays right.
+    again = configure(parser, parser.parse_args(["--port", "0", "--keys-dir", str(tmp_path)]))
+    try:
+        assert again.alipay_public_key_pem == (tmp_path / "alipay-public-key.pem").read_text()
+    finally:
+        again.close()

@@ -24,6 +24,9 @@ from .notifier import is_loopback_url
 
 ALIPAY_KEY_FILE = "alipay-simulator-alipay-private.pem"
 LEGACY_KEY_FILE = "alipay-simulator-legacy-private.pem"
+#: Written next to the private keys: what the shop configures as ``alipay_public_key``.
+ALIPAY_PUBLIC_FILE = "alipay-public-key.pem"
+LEGACY_PUBLIC_FILE = "alipay-legacy-public-key.pem"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +102,15 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Simu
         parser.error(str(exc))
     keys_dir = Path(args.keys_dir) if args.keys_dir else (Path(args.state).resolve().parent if args.state else None)
     try:
-        return Simulator(merchants, legacy, alipay_private_key=_key(keys_dir, ALIPAY_KEY_FILE, 2048),
-                         legacy_private_key=_key(keys_dir, LEGACY_KEY_FILE, 1024), time_scale=args.time_scale,
-                         state_path=args.state, allow_remote_callbacks=args.allow_remote_callbacks)
+        simulator = Simulator(merchants, legacy, alipay_private_key=_key(keys_dir, ALIPAY_KEY_FILE, 2048),
+                              legacy_private_key=_key(keys_dir, LEGACY_KEY_FILE, 1024), time_scale=args.time_scale,
+                              state_path=args.state, allow_remote_callbacks=args.allow_remote_callbacks)
+        if keys_dir is not None:
+            (keys_dir / ALIPAY_PUBLIC_FILE).write_text(simulator.alipay_public_key_pem, encoding="ascii")
+            (keys_dir / LEGACY_PUBLIC_FILE).write_text(simulator.legacy_public_key_pem, encoding="ascii")
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
+    return simulator
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  gateway URL:  {server.gateway_url}   (OpenApiConfig/LegacyConfig gateway=...)")
     print("  Alipay public key (OpenApiConfig.alipay_public_key):")
     print(simulator.alipay_public_key_pem)
+    keys_dir = Path(args.keys_dir) if args.keys_dir else (Path(args.state).resolve().parent if args.state else None)
+    if keys_dir is not None:
+        print(f"  (also written to {keys_dir / ALIPAY_PUBLIC_FILE}; the legacy one to {keys_dir / LEGACY_PUBLIC_FILE})")
     if args.partner and args.legacy_rsa_public_key:
         print("  legacy Alipay public key (LegacyConfig.alipay_public_key):")
         print(simulator.legacy_public_key_pem)
