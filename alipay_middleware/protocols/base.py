@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from ..errors import Rejection, RejectionReason
 from ..events import PAID, Kind, PaymentEvent, ReturnResult
@@ -46,6 +47,25 @@ def check_type(setting: str, value: object, expected: type | tuple[type, ...], f
     shown = "" if secret else f": {value!r:.80}"
     must = f"{form} ({wanted})" if form else wanted
     raise SettingTypeError(f"{setting} must be {must}, got {given}{shown}")
+
+
+#: The types a key setting may have: its text, as str or bytes.
+KEY_TEXT = (str, bytes)
+
+
+def check_gateway(url: str) -> str:
+    """``url`` if it is an absolute http(s) URL with a path (``/gateway.do``); else a message naming the form."""
+    if not isinstance(url, str):
+        raise TypeError(f"gateway must be a URL string, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"gateway must be an absolute http(s) URL, got {url[:80]!r}")
+    if parts.path in ("", "/"):
+        raise ValueError(
+            f"gateway {url[:80]!r} has no path: give the gateway's full URL, path included, such as "
+            f"'https://openapi.alipay.com/gateway.do' or a simulator's 'http://127.0.0.1:8001/gateway.do'"
+        )
+    return url
 
 
 def verify_signed_fields(

@@ -28,9 +28,8 @@ from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnRe
 from ..wire.form import content_type_charset, format_amount, normalize_charset, parse_cst, parse_form
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import Md5Signer, RsaSigner, RsaVerifier, Signer, Verifier, sign_string
-from .base import Protocol, amount_field, check_type, verify_signed_fields
+from .base import KEY_TEXT, Protocol, amount_field, check_gateway, check_type, verify_signed_fields
 from .helper import RequestHelper, check_callback_url, normalize_ip, render_form
-from .openapi import check_gateway
 from .proxy import parse_proxy
 
 LEGACY_GATEWAY = "https://mapi.alipay.com/gateway.do"
@@ -66,14 +65,13 @@ _RESERVED = frozenset({
 })
 
 
-_KEY_TEXT = (str, bytes)
 #: Each setting's type, checked first: (setting, types, None allowed, what it is, secret).
 SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
     ("partner", str, False, "the 16-digit partner id starting with 2088", False),
     ("key", str, True, "the 32-character MD5 key", True),
     ("sign_type", str, False, "'MD5' or 'RSA'", False),
-    ("private_key", _KEY_TEXT, True, "the key's text", True),
-    ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
+    ("private_key", KEY_TEXT, True, "the key's text", True),
+    ("alipay_public_key", KEY_TEXT, True, "the key's text", True),
     ("seller_id", str, True, "a 16-digit 2088... id", False),
     ("seller_email", str, True, "the seller's Alipay account", False),
     ("gateway", str, False, "an absolute http(s) URL", False),

@@ -30,7 +30,7 @@ from ..events import CLOSED, OTHER, PAID, REFUNDED, Kind, PaymentEvent, ReturnRe
 from ..wire.form import cst_timestamp, format_amount, parse_cst
 from ..wire.keys import load_private_key, load_public_key, same_key
 from ..wire.signing import RsaSigner, RsaVerifier, sign_string
-from .base import Protocol, amount_field, check_type, verify_signed_fields
+from .base import KEY_TEXT, Protocol, amount_field, check_gateway, check_type, verify_signed_fields
 from .certs import load_certificate_mode
 from .helper import RequestHelper, check_callback_url, render_form
 from .proxy import parse_proxy
@@ -46,29 +46,13 @@ _APP_ID = re.compile(r"[0-9]{16}")
 _OUT_TRADE_NO = re.compile(r"[\x21-\x7e]{1,64}")
 
 
-def check_gateway(url: str) -> str:
-    """``url`` if it is an absolute http(s) URL with a path (``/gateway.do``); else a message naming the form."""
-    if not isinstance(url, str):
-        raise TypeError(f"gateway must be a URL string, not {type(url).__name__}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"gateway must be an absolute http(s) URL, got {url[:80]!r}")
-    if parts.path in ("", "/"):
-        raise ValueError(
-            f"gateway {url[:80]!r} has no path: give the gateway's full URL, path included, such as "
-            f"{PRODUCTION_GATEWAY!r} or a simulator's 'http://127.0.0.1:8001/gateway.do'"
-        )
-    return url
-
-
 _CERT_SETTINGS = ("app_cert", "alipay_cert", "alipay_root_cert")
-_KEY_TEXT = (str, bytes)
 #: Each setting's type, checked first so that a message says "got int" for ``app_id=2021000000000000``:
 #: (setting, types, None allowed, what it is, secret). The certificates' loader names their types itself.
 SETTING_TYPES: tuple[tuple[str, type | tuple[type, ...], bool, str, bool], ...] = (
     ("app_id", str, False, "the 16-digit app id from the Open Platform console", False),
-    ("app_private_key", _KEY_TEXT, False, "the key's text", True),
-    ("alipay_public_key", _KEY_TEXT, True, "the key's text", True),
+    ("app_private_key", KEY_TEXT, False, "the key's text", True),
+    ("alipay_public_key", KEY_TEXT, True, "the key's text", True),
     ("sign_type", str, False, "'RSA2' (recommended) or 'RSA'", False),
     ("gateway", str, False, "an absolute http(s) URL", False),
     ("seller_id", str, True, "the 16-digit 2088... partner id", False),
