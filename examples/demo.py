@@ -20,6 +20,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -52,8 +53,73 @@ from shop_core import (
 HOST = "127.0.0.1"
 DEFAULT_PORT, DEFAULT_SIMULATOR_PORT = 8000, 8001
 SHOPS = ("flask", "fastapi")
+#: What the "demo" extra brings (pyproject.toml), and the command that installs it.
+DEMO_EXTRA = frozenset({"flask", "fastapi", "starlette", "uvicorn", "pydantic"})
+INSTALL_DEMO = 'pip install -e ".[demo]"   (from a clone; or: pip install "alipay-middleware[demo]")'
 #: Alipay resends an unanswered notification after 4 min, 10 min, 10 min, 1 h, ...; the demo 10x faster.
 TIME_SCALE = 0.1
+
+
+#: The label in front of each log line, by logger: which of the two servers (or which part of the shop)
+#: wrote it. The simulator's requests come through werkzeug's own logger; the shop's through "demo.shop".
+LABELS = (("werkzeug", "simulator"), ("alipay_middleware.simulator", "simulator"),
+          ("alipay_middleware", "shop/alipay"), ("uvicorn", "shop"), ("demo.shop", "shop"))
+#: An access line's path is cut here: a gateway request's query string is a whole signed order.
+PATH_LIMIT = 60
+
+
+def _label(name: str) -> str:
+    for prefix, label in LABELS:
+        if name == prefix or name.startswith(prefix + "."):
+            return label
+    return "shop"
+
+
+def _short_path(path: str) -> str:
+    """``/gateway.do?charset=...&sign=...`` (a kilobyte) as ``/gateway.do?method=alipay.trade.page.pay ...``."""
+    if len(path) <= PATH_LIMIT or "?" not in path:
+        return path
+    route, query = path.split("?", 1)
+    method = parse_qs(query).get("method") or parse_qs(query).get("service")
+    return f"{route}?{'method=' + method[0] + ' ' if method else ''}[{len(query)} bytes]"
+
+
+class _DemoLogFilter(logging.Filter):
+    """Labels each record with its server and shortens werkzeug's access lines (no colours either)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.label = _label(record.name)
+        if record.name == "werkzeug" and isinstance(record.args, tuple) and len(record.args) == 3:
+            request, code, _ = record.args
+            parts = _ANSI.sub("", str(request)).split(" ")
+            if len(parts) == 3:  # method, path, version
+                record.msg, record.args = "%s %s -> %s", (parts[0], _short_path(parts[1]), code)
+        elif record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            _, method, path, _, code = record.args
+            record.msg, record.args = "%s %s -> %s", (method, _short_path(str(path)), code)
+        return True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_handler(stream: TextIO | None = None) -> logging.Handler:
+    """The demo's log output: ``  shop        POST /buy -> 303``, ``  simulator   GET /gateway.do?...``."""
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_DemoLogFilter())
+    handler.setFormatter(logging.Formatter("  %(label)-11s %(message)s"))
+    return handler
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, handlers=[log_handler()], force=True)
+
+
+class _ShopHandler(WSGIRequestHandler):
+    """The shop's access lines, under the "demo.shop" logger (the simulator's stay werkzeug's)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logging.getLogger("demo.shop").info("%s %s -> %s", self.command, _short_path(self.path), code)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -70,7 +136,7 @@ class _FlaskServer:
         self.app = create_app(settings)
         self.alipay: Alipay = self.app.extensions["alipay"]
         self._server = make_server(HOST, port, self.app, threaded=True,
-                                   request_handler=_QuietHandler if quiet else WSGIRequestHandler)
+                                   request_handler=_QuietHandler if quiet else _ShopHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-shop", daemon=True)
         self._thread.start()
@@ -94,7 +160,8 @@ class _FastAPIServer:
         self.alipay: Alipay = app.state.alipay
         self._socket = socket.create_server((HOST, port))
         self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning" if quiet else "info", lifespan="on")
+        # log_config=None: uvicorn's lines go to the demo's labelled handler, not to uvicorn's own.
+        config = uvicorn.Config(app, log_level="warning" if quiet else "info", lifespan="on", log_config=None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
                                         name="demo-shop", daemon=True)
@@ -151,15 +218,37 @@ class Demo:
 # -- serving --------------------------------------------------------------------------------------------
 
 
+def busy_ports(port: int, simulator_port: int) -> list[str]:
+    """Why each port the demo needs cannot be had, naming the flag that moves it ([] when both are free)."""
+    problems = []
+    for what, flag, number in (("the shop", "--port", port), ("the simulator", "--simulator-port", simulator_port)):
+        if number == 0:
+            continue
+        try:
+            with socket.create_server((HOST, number)):
+                pass
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            problems.append(f"{HOST}:{number} ({what}) is not free: {reason}. "
+                            f"Choose another port with {flag}, e.g. {flag} {number + 10}.")
+    if port and port == simulator_port:
+        problems.append(f"the shop and the simulator cannot share port {port}: change --port or --simulator-port.")
+    return problems
+
+
 def serve(state_dir: Path, shop: str, port: int, simulator_port: int) -> int:
-    logging.basicConfig(level=logging.INFO, format="  %(name)s: %(message)s")
+    problems = busy_ports(port, simulator_port)
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
+    _configure_logging()
     if os.environ.get("ALIPAY_APP_ID"):
         print("note: ALIPAY_APP_ID is set but the demo ignores it; examples/flask_shop.py uses it.")
     try:
         demo = Demo(state_dir, shop=shop, port=port, simulator_port=simulator_port)
-    except OSError as exc:
-        print(f"cannot listen on {HOST}:{port} and {HOST}:{simulator_port}: {exc.strerror or exc}. "
-              "Choose other ports with --port and --simulator-port.", file=sys.stderr)
+    except OSError as exc:  # taken between the check and the start
+        print(f"cannot listen on {HOST}:{port} (--port) and {HOST}:{simulator_port} (--simulator-port): "
+              f"{exc.strerror or exc}. Choose other ports with those flags.", file=sys.stderr)
         return 1
     print(f"""
   Demo shop ({shop}):  {demo.url}/
@@ -410,12 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="run the journey headlessly on free ports and exit (0 = it works)")
     args = parser.parse_args(argv)
-    if not args.check:
-        return serve(args.state_dir or Path(".demo"), args.shop, args.port, args.simulator_port)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the simulator's request log: noise here
-    started = time.monotonic()
     try:
+        if not args.check:
+            return serve(args.state_dir or Path(".demo"), args.shop, args.port, args.simulator_port)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the simulator's request log: noise here
+        started = time.monotonic()
         out_trade_no = run_check(args.state_dir, shop=args.shop)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in DEMO_EXTRA:
+            raise
+        print(f"the demo needs {exc.name.split('.')[0]!r}, which is not installed. Install the demo extra:\n"
+              f"    {INSTALL_DEMO}", file=sys.stderr)
+        return 1
     except (CheckFailed, OSError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

@@ -30,7 +30,8 @@ log = logging.getLogger("fastapi_shop")
 
 def create_app(settings: ShopSettings) -> FastAPI:
     store = OrderStore(settings.database)
-    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts)
+    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts,
+                    confirm_returns=settings.confirm_returns)
 
     # Async hooks run on the event loop, so the blocking SQLite calls go to a thread: awaiting them
     # keeps every other request moving while a notification is processed.

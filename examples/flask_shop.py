@@ -34,7 +34,8 @@ log = logging.getLogger("flask_shop")
 
 def create_app(settings: ShopSettings) -> Flask:
     store = OrderStore(settings.database)
-    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts)
+    alipay = Alipay(settings.config, ledger=settings.ledger, allowed_hosts=settings.allowed_hosts,
+                    confirm_returns=settings.confirm_returns)
 
     # -- the middleware's hooks: the only places where Alipay's word changes our orders --
 

@@ -336,6 +336,9 @@ class ShopSettings:
     demo: bool = False  # demo mode: the gateway is the local simulator, the page says so
     #: ``Alipay(allowed_hosts=...)``: None when not configured (the middleware warns if the URLs are not either).
     allowed_hosts: tuple[str, ...] | None = None
+    #: ``Alipay(confirm_returns=...)``: a verified return asks Alipay whether the order is paid, so that a
+    #: notification that comes late (or not at all) does not leave "Pay now" on a paid order.
+    confirm_returns: bool = True
 
 
 def settings_from_env(env: Mapping[str, str] = os.environ, *, workdir: Path | None = None) -> ShopSettings:

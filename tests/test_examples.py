@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx
 import pytest
@@ -55,6 +57,80 @@ def test_demo_check_pays_and_refunds_end_to_end(state_dir: Path, shop: str) -> N
 def test_demo_main_check_exits_zero(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--check", "--state-dir", str(state_dir)]) == 0
     assert "paid and refunded end to end" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shop", demo.SHOPS)
+def test_demo_return_asks_alipay_when_the_notification_is_late(state_dir: Path, shop: str) -> None:
+    """The notification is held back: the return page still says "paid" (confirm_returns), the order is
+    paid through the ledger, and the notification that comes afterwards changes nothing."""
+    with demo.Demo(state_dir, shop=shop, port=0, simulator_port=0, quiet=True) as running:
+        notifier = running.simulator._notifier
+        held: list[Any] = []
+        real_submit = notifier.submit
+        notifier.submit = lambda note, **kw: held.append((note, kw))  # type: ignore[method-assign]
+        location = demo._http("POST", f"{running.url}/buy", {"product": "tea"}).headers["location"]
+        checkout_url = urljoin(location, demo._http("GET", location).headers["location"])
+        checkout = demo._Page(demo._http("GET", checkout_url).text)
+        action, fields = checkout.press("pay", checkout_url)
+        return_url = demo._http("POST", action, fields).headers["location"]
+        assert held, "the simulator sent its notification at once: nothing was held back"
+
+        back = demo._Page(demo._http("GET", return_url).text)
+        assert back.ids["return"]["data-state"] == "paid"
+        out_trade_no = dict(parse_qsl(urlsplit(return_url).query))["out_trade_no"]
+        order = demo._Page(demo._http("GET", f"{running.url}/orders/{out_trade_no}").text)
+        assert order.texts["status"] == "paid"
+
+        for note, kw in held:  # the late notification: answered `success`, deduplicated by the ledger
+            real_submit(note, **kw)
+        assert running.simulator.wait_idle(10)
+        events = running.alipay.ledger.events(out_trade_no=out_trade_no)
+        assert [(e.kind, e.status) for e in events] == [("paid", "done")]
+
+
+def test_demo_names_the_flag_for_a_busy_port(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        assert demo.main(["--port", str(busy), "--simulator-port", "0", "--state-dir", str(state_dir)]) == 1
+        err = capsys.readouterr().err
+        assert f"127.0.0.1:{busy} (the shop) is not free" in err and f"--port {busy + 10}" in err
+        assert "--simulator-port" not in err
+        assert demo.main(["--port", "0", "--simulator-port", str(busy), "--state-dir", str(state_dir)]) == 1
+        err = capsys.readouterr().err
+        assert "(the simulator) is not free" in err and f"--simulator-port {busy + 10}" in err
+
+
+@pytest.mark.parametrize(("shop", "missing"), [("flask", "flask"), ("fastapi", "uvicorn"), ("fastapi", "fastapi")])
+def test_demo_without_its_extra_prints_the_install_command(state_dir: Path, shop: str, missing: str,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # what an absent package looks like to `import`
+    for module in ("flask_shop", "fastapi_shop"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    assert demo.main(["--check", "--shop", shop, "--state-dir", str(state_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"the demo needs {missing!r}" in err and 'pip install -e ".[demo]"' in err
+    assert "Traceback" not in err
+
+
+def test_demo_log_lines_say_which_server_and_stay_short(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = io.StringIO()
+    handler = demo.log_handler(out)
+    logging.getLogger().addHandler(handler)
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="werkzeug")  # main(["--check"]) quiets it for the process
+    try:
+        with demo.Demo(state_dir, port=0, simulator_port=0, quiet=False) as running:
+            location = demo._http("POST", f"{running.url}/buy", {"product": "tea"}).headers["location"]
+            assert len(location) > 500
+            demo._http("GET", location)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert "  shop        POST /buy -> 303" in lines, lines
+    gateway = [line for line in lines if "/gateway.do" in line]
+    assert len(gateway) == 1 and gateway[0].startswith("  simulator   GET /gateway.do?method=alipay.trade.page.pay ")
+    assert gateway[0].endswith("bytes] -> 303") and len(gateway[0]) < 100, gateway
 
 
 def test_demo_serves_on_loopback_only(state_dir: Path) -> None:
