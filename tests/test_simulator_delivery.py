@@ -305,6 +305,36 @@ def test_close_does_not_wait_for_scheduled_resends(keys: Keys) -> None:
     assert [d.attempt for d in sim.deliveries()] == [1]
 
 
+def test_pending_resends_survive_a_restart_with_a_state_file(keys: Keys, tmp_path: Path) -> None:
+    """A notification the shop has not acknowledged when the simulator stops is resent by the next one
+    started on the same state file (same notify_id, the attempts counted on), and only once."""
+    state = tmp_path / "sim.sqlite3"
+    endpoint = Answering(b"fail")
+    sim = make_sim(keys, time_scale=0.005, state_path=state)  # resends 1.2 s, 3 s, 3 s, ... apart
+    try:
+        paid_with_notify_url(sim, keys, endpoint.url + "/notify")
+        while not sim.deliveries():
+            threading.Event().wait(0.02)
+    finally:
+        sim.close()
+    before = len(endpoint.seen)
+    assert before >= 1 and not sim.deliveries()[-1].acknowledged
+    endpoint.answers = [b"success"]
+    sim = make_sim(keys, time_scale=0.005, state_path=state)
+    try:
+        assert not sim.wait_idle(0)  # resumed from the file
+        assert sim.wait_idle(30)
+        resent = sim.deliveries()
+        assert [d.attempt for d in resent] == [before + 1] and resent[0].acknowledged
+        assert set(endpoint.seen) == {resent[0].notify_id}  # the same notification
+    finally:
+        sim.close()
+        sim = make_sim(keys, time_scale=0.005, state_path=state)
+        assert sim.wait_idle(0)  # acknowledged: nothing left to resume
+        sim.close()
+        endpoint.server.close()
+
+
 def test_only_loopback_callbacks_are_called() -> None:
     assert is_loopback_url("http://127.0.0.1:8000/n") and is_loopback_url("http://[::1]/n")
     assert is_loopback_url("http://localhost/n") and not is_loopback_url("http://192.0.2.1/n")
