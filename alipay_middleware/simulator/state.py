@@ -51,7 +51,7 @@ class Store:
             trades, notify_ids, self._counter = self._file.load()
             for trade in trades:
                 self._index(trade)
-            for record in notify_ids:
+            for record in sorted(notify_ids, key=lambda r: r.expires or 0.0):  # _expiring: soonest first
                 if record.alive:
                     self._notify_ids[record.notify_id] = record
                     if record.expires is not None:
