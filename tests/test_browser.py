@@ -4,7 +4,8 @@ The demo (``examples/demo.py``: the shop and ``alipay_middleware.simulator`` on 
 started on free ports; Chromium opens the shop, presses "Pay with Alipay", presses ``#pay`` on the
 simulator's checkout, lands on the shop's return page, follows it to the order page and waits until the
 payment notification has turned it "paid"; then it presses "Refund" and waits for "refunded". Run against
-the Flask shop and the FastAPI shop (uvicorn in a thread).
+the Flask shop and the FastAPI shop (uvicorn in a thread). A second test looks at the simulator's own
+pages (fault lines, the saved line, one-line cells with dated times, paid and closed checkouts).
 
 Screenshots of every step are kept in ``$ALIPAY_TEST_ARTIFACTS/browser/<shop>/`` or, without that
 variable, in ``test-artifacts/browser/<shop>/`` at the repository root (git-ignored), overwritten by

@@ -51,11 +51,9 @@ class Store:
             trades, notify_ids, self._counter = self._file.load()
             for trade in trades:
                 self._index(trade)
-            for record in sorted(notify_ids, key=lambda r: r.expires or 0.0):  # _expiring: soonest first
-                if record.alive:
-                    self._notify_ids[record.notify_id] = record
-                    if record.expires is not None:
-                        self._expiring.append(record)
+            self._notify_ids.update((record.notify_id, record) for record in notify_ids)  # oldest first
+            self._expiring.extend(sorted((r for r in notify_ids if r.expires is not None),
+                                         key=lambda r: r.expires or 0.0))  # soonest first
             self._prune()
 
     # -- trades ------------------------------------------------------------------------------------

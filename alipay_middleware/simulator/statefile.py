@@ -113,7 +113,8 @@ class StateFile:
 
     def load(self) -> tuple[list[SimTrade], list[NotifyId], int]:
         trades = [trade_from_dict(json.loads(row[0])) for row in self.db.execute("SELECT data FROM sim_trades")]
-        ids = [NotifyId(**json.loads(row[0])) for row in self.db.execute("SELECT data FROM sim_notify_ids")]
+        ids = [NotifyId(**json.loads(row[0]))
+               for row in self.db.execute("SELECT data FROM sim_notify_ids ORDER BY rowid")]
         # Ids an older simulator kept after their acknowledgement: forgotten now (see state.py).
         self.db.execute("DELETE FROM sim_notify_ids WHERE json_extract(data, '$.alive') = 0")
         row = self.db.execute("SELECT value FROM sim_meta WHERE name = 'counter'").fetchone()
