@@ -52,7 +52,13 @@ class _Request(Request):
 
 
 class Simulator:
-    """Alipay, simulated (see the package docstring). A WSGI application."""
+    """Alipay, simulated (see the package docstring). A WSGI application.
+
+    ``state_path``: an SQLite file (``.sqlite3``/``.db``) keeping trades, live notify ids and the resends
+    still pending across restarts (in memory without it). ``keep_deliveries``: how many notification
+    attempts :meth:`deliveries` and the admin page keep; ``keep_notify_ids``: how many notify ids not yet
+    acknowledged ``notify_verify`` keeps answering for (the oldest beyond are dropped).
+    """
 
     def __init__(
         self,
@@ -104,7 +110,8 @@ class Simulator:
         try:
             self._notifier = Notifier(self.faults, time_scale=self.time_scale, allow_remote=allow_remote_callbacks,
                                       on_acknowledged=lambda note: self._store.retire_notify_id(note.notify_id),
-                                      journal=self._store, keep_deliveries=keep_deliveries)
+                                      journal=self._store if state_path is not None else None,
+                                      keep_deliveries=keep_deliveries)
         except ValueError:
             self._store.close()
             raise
