@@ -119,7 +119,7 @@ def test_admin_page_is_paged_newest_first_and_its_size_is_flat(sim: Simulator) -
     assert len(re.findall(r">(G\d{3})</a>", later)) == PAGE_SIZE
     assert abs(len(later) - len(first)) < 200  # the same rows' worth of HTML, whatever the number of orders
     assert client.get("/?page=9").status_code == 200  # past the end: an empty page
-    for bad in ("0", "x", "-1"):
+    for bad in ("0", "x", "-1", "²", "1" * 12):
         response = client.get(f"/?page={bad}")
         assert response.status_code == 400 and "page number" in response.get_data(as_text=True)
 

@@ -42,6 +42,7 @@ MAX_BODY = 1024 * 1024
 NOTIFY_AFTER_REDIRECT = 0.1
 
 _SERVICE = re.compile(rb"(?:^|&)service=")
+_PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 _INPUT_CHARSET = re.compile(rb"(?:^|&)_input_charset=([A-Za-z0-9_.%-]*)")
 #: Endpoints whose POSTs come from the simulator's own pages only (see guard.py); gateway.do is cross-origin.
 _OWN_FORMS = frozenset({"faults", "checkout"})
@@ -214,7 +215,7 @@ class Simulator:
         numbers = {}
         for name in ("page", "sent"):
             text = request.args.get(name, "1")
-            if not text.isdigit() or not 0 < int(text) < 10**9:
+            if not _PAGE_NUMBER.fullmatch(text):
                 return self._html(pages.result("Bad page number", f"{name} must be a page number (1, 2, ...), "
                                                                   f"not {text[:20]!r}"), 400)
             numbers[name] = int(text)
