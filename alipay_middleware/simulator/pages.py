@@ -93,8 +93,8 @@ def settled(trade: SimTrade, merchant_name: str, problem: GatewayError | None = 
     back = f'<a id="back" href="{e(shop)}">Back to the shop</a> · ' if shop else ""
     return page("This trade cannot be paid" if problem is not None else "Alipay checkout", f"""{refused}
 {_order_lines(trade, merchant_name)}
-<p>This trade {e(what)}: <b id="trade-status">{e(trade.status)}</b>
-{f"(refunded ¥ {trade.refunded_amount:.2f})" if trade.refunded_amount else ""}.</p>
+<p>This trade {e(what)}: <b id="trade-status">{e(trade.status)}</b>\
+{f" (refunded ¥ {trade.refunded_amount:.2f})" if trade.refunded_amount else ""}.</p>
 <p>Trade number <code id="trade-no">{e(trade.trade_no)}</code>.</p>
 <p>{back}<a id="admin-link" href="/">The simulator's orders</a></p>""")
 
