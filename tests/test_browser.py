@@ -4,7 +4,8 @@ The demo (``examples/demo.py``: the shop and ``alipay_middleware.simulator`` on 
 started on free ports; Chromium opens the shop, presses "Pay with Alipay", presses ``#pay`` on the
 simulator's checkout, lands on the shop's return page, follows it to the order page and waits until the
 payment notification has turned it "paid"; then it presses "Refund" and waits for "refunded". Run against
-the Flask shop and the FastAPI shop (uvicorn in a thread).
+the Flask shop and the FastAPI shop (uvicorn in a thread). A second test looks at the simulator's own
+pages (fault lines, the saved line, one-line cells with dated times, paid and closed checkouts).
 
 Screenshots of every step are kept in ``$ALIPAY_TEST_ARTIFACTS/browser/<shop>/`` or, without that
 variable, in ``test-artifacts/browser/<shop>/`` at the repository root (git-ignored), overwritten by
@@ -132,3 +133,98 @@ def test_a_buyer_pays_and_gets_a_refund_in_chromium(browser: Any, state_dir: Pat
         assert (trade.status, trade.refunded_amount) == ("TRADE_CLOSED", trade.total_amount)
     assert sorted(p.name for p in shots.iterdir()) == [
         "01-shop.png", "02-checkout.png", "03-return.png", "04-paid.png", "05-refunded.png"]
+
+
+#: Text nodes of the cells matched by the selector that the browser laid out on more than one line.
+_WRAPPED = """(selector) => {
+  const wrapped = [];
+  for (const cell of document.querySelectorAll(selector)) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      if (range.getClientRects().length > 1) wrapped.push(node.textContent);
+    }
+  }
+  return wrapped;
+}"""
+TIME = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+08:00$"
+
+
+def test_the_simulator_pages_in_chromium(browser: Any, state_dir: Path) -> None:
+    """The simulator's own pages as a developer sees them: each fault switch explained and a save
+    confirmed, table cells on one line (``success`` included) with dated +08:00 times, and the checkout of
+    a paid or closed trade showing its state and a way back instead of Pay/Cancel."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from alipay_middleware.simulator import Faults
+
+    shots = _artifacts("simulator-pages")
+    with demo.Demo(state_dir, shop="flask", port=0, simulator_port=0, quiet=True) as running:
+        sim_url = running.simulator_server.url
+        context = browser.new_context(viewport={"width": 900, "height": 700})
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        step = iter(range(1, 100))
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(shots / f"{next(step):02d}-{name}.png"), full_page=True)
+
+        try:
+            page.goto(f"{running.url}/")
+            page.get_by_role("button", name="Pay with Alipay").first.click()
+            page.wait_for_url(lambda url: url.startswith(f"{sim_url}/checkout/"))
+            paid_checkout = page.url
+            page.click("#pay")
+            page.wait_for_url(lambda url: url.startswith(f"{running.url}{running.alipay.return_path}?"))
+            assert running.simulator.wait_idle(10)  # the notification answered `success`
+
+            page.goto(f"{running.url}/")
+            page.get_by_role("button", name="Pay with Alipay").first.click()
+            page.wait_for_url(lambda url: url.startswith(f"{sim_url}/checkout/"))
+            closed_checkout = page.url
+            page.click("#timeout")
+            expect(page.locator("#trade-status")).to_have_text("TRADE_CLOSED")
+
+            page.goto(f"{sim_url}/")
+            for name in Faults.names():
+                expect(page.locator(f"#fault-{name}-help")).to_have_text(Faults.explain(name))
+            expect(page.locator("#faults-saved")).to_have_count(0)
+            page.check("#fault-duplicate_notify")
+            page.click("#save-faults")
+            expect(page.locator("#faults-saved")).to_have_text(
+                "Saved: duplicate notify is on; the others are off.")
+            expect(page.locator("#fault-duplicate_notify")).to_be_checked()
+            shot("admin-saved")
+            page.uncheck("#fault-duplicate_notify")
+            page.click("#save-faults")
+            expect(page.locator("#faults-saved")).to_have_text("Saved: every fault is off.")
+
+            created = page.locator("#orders tr td:nth-child(9)").all_inner_texts()
+            sent_at = page.locator("#deliveries tr td:nth-child(1)").all_inner_texts()
+            assert len(created) == 2 and sent_at, (created, sent_at)
+            assert all(re.fullmatch(TIME, text) for text in created + sent_at), (created, sent_at)
+            answers = page.locator("#deliveries tr td:nth-child(9)").all_inner_texts()
+            assert "success" in answers
+            assert page.evaluate(_WRAPPED, "#orders td:not(.text), #deliveries td:not(.text)") == []
+            assert page.evaluate(_WRAPPED, "#deliveries td:nth-child(9)") == []  # `success` on one line
+
+            page.goto(paid_checkout)
+            expect(page.locator("#trade-status")).to_have_text("TRADE_SUCCESS")
+            expect(page.locator("#pay")).to_have_count(0)
+            expect(page.locator("#cancel")).to_have_count(0)
+            shot("paid-checkout")
+            page.click("#back")
+            expect(page.locator("h1")).to_have_text("Tea shop")
+
+            page.goto(closed_checkout)
+            expect(page.locator("#trade-status")).to_have_text("TRADE_CLOSED")
+            expect(page.locator("#pay")).to_have_count(0)
+            shot("closed-checkout")
+        except Exception:
+            shot("failure")
+            raise
+        finally:
+            context.close()

@@ -415,7 +415,7 @@ def test_api_errors_are_error_responses(sim: Simulator, keys: Keys) -> None:
 # -- persistence, configuration, the CLI -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["state.json", "state.sqlite3"])
+@pytest.mark.parametrize("name", ["state.sqlite3", "state.db"])
 def test_state_survives_a_restart(keys: Keys, tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     sim = make_sim(keys, state_path=path)
@@ -475,7 +475,9 @@ def test_configuration_errors(keys: Keys, tmp_path: Path) -> None:
     (["--host", "0.0.0.0"], "loopback"),
     (["--port", "70000"], "--port"),
     (["--time-scale", "0"], "--time-scale"),
-    (["--state", "x.txt"], ".json"),
+    (["--state", "x.txt"], ".sqlite3"),
+    (["--state", "x.json"], "x.sqlite3"),
+    (["--keep-deliveries", "0"], "--keep-deliveries"),
     (["--app-id", APP_ID, "--app-public-key", "/nonexistent/key.pem"], "cannot read"),
     (["--partner", "123", "--md5-key", MD5_KEY], "partner"),
 ])

@@ -260,6 +260,16 @@ class Answering:
         return [answer]
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Wait until ``condition()`` holds (True), or give up after ``timeout`` seconds (False)."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return True
+        pause.wait(0.02)
+    return condition()
+
+
 def paid_with_notify_url(sim: Simulator, keys: Keys, notify_url: str, out_trade_no: str = "N1") -> None:
     from test_simulator import pay_params
 
@@ -303,6 +313,84 @@ def test_close_does_not_wait_for_scheduled_resends(keys: Keys) -> None:
         endpoint.server.close()
     assert sim.wait_idle(0)
     assert [d.attempt for d in sim.deliveries()] == [1]
+
+
+def test_pending_resends_survive_a_restart_with_a_state_file(keys: Keys, tmp_path: Path) -> None:
+    """A notification the shop has not acknowledged when the simulator stops is resent by the next one
+    started on the same state file (same notify_id, the attempts counted on), and only once."""
+    state = tmp_path / "sim.sqlite3"
+    endpoint = Answering(b"fail")
+    sim = make_sim(keys, time_scale=0.005, state_path=state)  # resends 1.2 s, 3 s, 3 s, ... apart
+    try:
+        paid_with_notify_url(sim, keys, endpoint.url + "/notify")
+        assert wait_for(lambda: bool(sim.deliveries()))
+    finally:
+        sim.close()
+    before = len(endpoint.seen)
+    assert before >= 1 and not sim.deliveries()[-1].acknowledged
+    endpoint.answers = [b"success"]
+    sim = make_sim(keys, time_scale=0.005, state_path=state)
+    try:
+        assert not sim.wait_idle(0)  # resumed from the file
+        assert sim.wait_idle(30)
+        resent = sim.deliveries()
+        assert [d.attempt for d in resent] == [before + 1] and resent[0].acknowledged
+        assert set(endpoint.seen) == {resent[0].notify_id}  # the same notification
+    finally:
+        sim.close()
+        sim = make_sim(keys, time_scale=0.005, state_path=state)
+        assert sim.wait_idle(0)  # acknowledged: nothing left to resume
+        sim.close()
+        endpoint.server.close()
+
+
+def test_pending_resends_survive_a_killed_cli_simulator(keys: Keys, tmp_path: Path) -> None:
+    """``python -m alipay_middleware.simulator --state FILE``, killed while a notification is pending, and
+    started again on the same file: the resend arrives."""
+    import re
+    import subprocess
+    import sys
+
+    from test_simulator import pay_params
+
+    key_file = tmp_path / "app.pem"
+    key_file.write_text(keys.app.public_key().export_key().decode())
+    state = tmp_path / "sim.sqlite3"
+    endpoint = Answering(b"fail")
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "alipay_middleware.simulator", "--port", "0", "--app-id", APP_ID,
+             "--app-public-key", str(key_file), "--seller-id", SELLER_ID, "--state", str(state),
+             "--time-scale", "0.005"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            found = re.search(r"gateway URL:\s+(\S+)", line)
+            if found:
+                return process, found.group(1)
+        raise AssertionError(f"the simulator did not start: {process.communicate(timeout=10)[0]}")
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    process, gateway = start()
+    try:
+        query = urlencode(pay_params(keys, "K1", notify_url=endpoint.url + "/notify"))
+        with opener.open(f"{gateway}?{query}", timeout=10) as response:  # follows the 303 to the checkout
+            checkout_url = response.url
+        opener.open(urllib.request.Request(checkout_url, data=b"action=pay", method="POST"), timeout=10).close()
+        assert wait_for(lambda: bool(endpoint.seen))
+    finally:
+        process.kill()  # no clean shutdown: what the file holds is all there is
+        process.communicate(timeout=10)
+    first = len(endpoint.seen)
+    endpoint.answers = [b"success"]
+    process, gateway = start()
+    try:
+        assert wait_for(lambda: len(endpoint.seen) > first), "no resend after the restart"
+        assert set(endpoint.seen) == {endpoint.seen[0]}  # the same notification, resent
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+        endpoint.server.close()
 
 
 def test_only_loopback_callbacks_are_called() -> None:

@@ -15,8 +15,9 @@ It verifies the shop's signed pay requests (Open Platform page/wap pay, legacy
 Cancel / Let it time out); answers ``alipay.trade.query``/``refund``/``close``/``fastpay.refund.query``,
 ``notify_verify`` and ``single_trade_query`` consistently with what happened there; sends signed
 notifications on Alipay's resend schedule (times ``time_scale``) until it gets ``success``; and
-redirects the browser to the signed return_url. The admin page at ``/`` lists orders and deliveries and
-switches faults on (:class:`Faults`):
+redirects the browser to the signed return_url. With ``state_path`` (SQLite) trades, notify ids and
+pending resends survive a restart. The admin page at ``/`` lists orders and deliveries, newest first in
+pages of 50, and switches faults on (:class:`Faults`):
 
 - ``duplicate_notify``: every delivery is sent twice at once;
 - ``out_of_order``: a trade's notification is held back until the next one of that trade (a refund, a

@@ -20,7 +20,8 @@ from Crypto.PublicKey import RSA
 
 from .app import Simulator
 from .model import LegacyMerchant, Merchant
-from .notifier import is_loopback_url
+from .notifier import KEEP_DELIVERIES, is_loopback_url
+from .statefile import check_path
 
 ALIPAY_KEY_FILE = "alipay-simulator-alipay-private.pem"
 LEGACY_KEY_FILE = "alipay-simulator-legacy-private.pem"
@@ -47,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the legacy partner's 1024-bit RSA public key file (for sign_type=RSA)")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiplies Alipay's notification resend schedule (e.g. 0.01)")
-    parser.add_argument("--state", metavar="FILE", help="persist trades in FILE (.json, .sqlite3 or .db)")
+    parser.add_argument("--state", metavar="FILE",
+                        help="keep trades, notify ids and pending resends in FILE (SQLite: .sqlite3 or .db)")
+    parser.add_argument("--keep-deliveries", type=int, default=KEEP_DELIVERIES, metavar="N",
+                        help=f"how many notification attempts the admin page's log keeps (default {KEEP_DELIVERIES})")
     parser.add_argument("--keys-dir", metavar="DIR", help="where the generated Alipay keys are kept")
     parser.add_argument("--allow-remote-callbacks", action="store_true",
                         help="also call notify/return URLs that are not loopback addresses")
@@ -88,8 +92,13 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Simu
         parser.error("--partner needs --md5-key KEY and/or --legacy-rsa-public-key FILE")
     if not 0 < args.time_scale <= 1000:
         parser.error(f"--time-scale {args.time_scale}: give a positive factor, e.g. 1 (real schedule) or 0.01")
-    if args.state and Path(args.state).suffix not in (".json", ".sqlite3", ".sqlite", ".db"):
-        parser.error(f"--state {args.state}: the file name must end in .json, .sqlite3 or .db")
+    if args.state:
+        try:
+            check_path(Path(args.state))
+        except ValueError as exc:
+            parser.error(f"--state {args.state}: {str(exc).replace('state_path', 'the file')}")
+    if args.keep_deliveries < 1:
+        parser.error(f"--keep-deliveries {args.keep_deliveries}: give a positive number, e.g. 1000")
     try:
         merchants = [Merchant(app_id=app_id, public_key=_read(parser, path, "--app-public-key"),
                               seller_id=args.seller_id, name=args.name)
@@ -104,7 +113,8 @@ def configure(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Simu
     try:
         simulator = Simulator(merchants, legacy, alipay_private_key=_key(keys_dir, ALIPAY_KEY_FILE, 2048),
                               legacy_private_key=_key(keys_dir, LEGACY_KEY_FILE, 1024), time_scale=args.time_scale,
-                              state_path=args.state, allow_remote_callbacks=args.allow_remote_callbacks)
+                              state_path=args.state, allow_remote_callbacks=args.allow_remote_callbacks,
+                              keep_deliveries=args.keep_deliveries)
         if keys_dir is not None:
             (keys_dir / ALIPAY_PUBLIC_FILE).write_text(simulator.alipay_public_key_pem, encoding="ascii")
             (keys_dir / LEGACY_PUBLIC_FILE).write_text(simulator.legacy_public_key_pem, encoding="ascii")

@@ -33,15 +33,16 @@ from .model import (
     SimTrade,
     TradeEvent,
 )
-from .notifier import Notification, Notifier, is_loopback_url
+from .notifier import KEEP_DELIVERIES, Notification, Notifier, is_loopback_url
 from .server import SimServer
-from .state import Store
+from .state import KEEP_NOTIFY_IDS, Store
 
 MAX_BODY = 1024 * 1024
 #: "Redirect first, notify right after": the first delivery waits this long (real seconds).
 NOTIFY_AFTER_REDIRECT = 0.1
 
 _SERVICE = re.compile(rb"(?:^|&)service=")
+_PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,8}")
 _INPUT_CHARSET = re.compile(rb"(?:^|&)_input_charset=([A-Za-z0-9_.%-]*)")
 #: Endpoints whose POSTs come from the simulator's own pages only (see guard.py); gateway.do is cross-origin.
 _OWN_FORMS = frozenset({"faults", "checkout"})
@@ -52,7 +53,13 @@ class _Request(Request):
 
 
 class Simulator:
-    """Alipay, simulated (see the package docstring). A WSGI application."""
+    """Alipay, simulated (see the package docstring). A WSGI application.
+
+    ``state_path``: an SQLite file (``.sqlite3``/``.db``) keeping trades, live notify ids and the resends
+    still pending across restarts (in memory without it). ``keep_deliveries``: how many notification
+    attempts :meth:`deliveries` and the admin page keep; ``keep_notify_ids``: how many notify ids not yet
+    acknowledged ``notify_verify`` keeps answering for (the oldest beyond are dropped).
+    """
 
     def __init__(
         self,
@@ -65,6 +72,8 @@ class Simulator:
         state_path: str | os.PathLike[str] | None = None,
         allow_remote_callbacks: bool = False,
         clock: Callable[[], datetime] | None = None,
+        keep_deliveries: int = KEEP_DELIVERIES,
+        keep_notify_ids: int = KEEP_NOTIFY_IDS,
     ) -> None:
         if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not 0 < time_scale <= 1000:
             raise ValueError(f"time_scale must be a number in (0, 1000] (1.0 = Alipay's real schedule), "
@@ -97,10 +106,17 @@ class Simulator:
         self.allow_remote_callbacks = allow_remote_callbacks
         self.faults = Faults()
         self._clock = clock or (lambda: datetime.now(CST))
-        self._store = Store(state_path)
+        self._store = Store(state_path, keep_notify_ids=keep_notify_ids)
         self._callbacks = Callbacks(alipay_key, self._legacy_signer, self._legacy, self._store)
-        self._notifier = Notifier(self.faults, time_scale=self.time_scale, allow_remote=allow_remote_callbacks,
-                                  on_acknowledged=lambda note: self._store.retire_notify_id(note.notify_id))
+        try:
+            self._notifier = Notifier(self.faults, time_scale=self.time_scale, allow_remote=allow_remote_callbacks,
+                                      on_acknowledged=lambda note: self._store.retire_notify_id(note.notify_id),
+                                      journal=self._store if state_path is not None else None,
+                                      keep_deliveries=keep_deliveries)
+        except ValueError:
+            self._store.close()
+            raise
+        self._notifier.resume()  # the resends an earlier run left pending in the state file
         self._routes = Map([
             Rule("/", endpoint="admin", methods=["GET"]),
             Rule("/faults", endpoint="faults", methods=["POST"]),
@@ -121,11 +137,11 @@ class Simulator:
 
     def trade(self, out_trade_no: str, merchant_id: str | None = None) -> SimTrade | None:
         with self._store.lock:
-            found = [t for t in self._store.trades()
-                     if t.out_trade_no == out_trade_no and merchant_id in (None, t.merchant_id)]
+            found = [t for t in self._store.by_out_trade_no(out_trade_no) if merchant_id in (None, t.merchant_id)]
             return copy.deepcopy(found[-1]) if found else None
 
     def deliveries(self) -> list[Delivery]:
+        """The last ``keep_deliveries`` notification attempts (default 1,000), oldest first."""
         return self._notifier.deliveries()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
@@ -196,8 +212,19 @@ class Simulator:
     def _on_admin(self, request: Request) -> Response:
         merchants = [(m.app_id, m.name) for m in self._merchants.values()] + \
             [(m.partner, f"{m.name} (legacy)") for m in self._legacy.values()]
-        return self._html(pages.admin(request.url_root + "gateway.do", self._store.trades(), self.deliveries(),
-                                      self.faults, self.alipay_public_key_pem, merchants,
+        numbers = {}
+        for name in ("page", "sent"):
+            text = request.args.get(name, "1")
+            if not _PAGE_NUMBER.fullmatch(text):
+                return self._html(pages.result("Bad page number", f"{name} must be a page number (1, 2, ...), "
+                                                                  f"not {text[:20]!r}"), 400)
+            numbers[name] = int(text)
+        skip = (numbers["page"] - 1) * pages.PAGE_SIZE
+        with self._store.lock:
+            trades = pages.Paged(self._store.newest(skip, pages.PAGE_SIZE), numbers["page"], self._store.count())
+        sent, kept = self._notifier.newest_deliveries((numbers["sent"] - 1) * pages.PAGE_SIZE, pages.PAGE_SIZE)
+        return self._html(pages.admin(request.url_root + "gateway.do", trades, pages.Paged(sent, numbers["sent"], kept),
+                                      self._notifier.delivered(), self.faults, self.alipay_public_key_pem, merchants,
                                       saved=request.args.get("saved") == "1"))
 
     def _on_faults(self, request: Request) -> Response:
@@ -327,15 +354,18 @@ class Simulator:
         if trade is None:
             return self._html(pages.result("No such trade", f"The simulator knows no trade {trade_no}."), 404)
         if request.method == "GET":
-            return self._html(pages.checkout(trade, self._merchant_name(trade)))
+            with self._store.lock:
+                return self._html(pages.checkout(trade, self._merchant_name(trade)))
         action = request.form.get("action", "")
         now = self._clock()
         with self._store.lock:
             before = trade.status
             if action not in ("pay", "cancel", "timeout"):
                 return self._html(pages.result("Unknown action", "action must be pay, cancel or timeout"), 400)
-            if before == "TRADE_CLOSED" and action == "pay":
-                return self._html(pages.error(openapi.business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭")))
+            if before != "WAIT_BUYER_PAY":  # paid or closed: no action changes it, nothing is paid twice
+                problem = (openapi.business("ACQ.TRADE_HAS_CLOSE", "交易已经关闭") if before == "TRADE_CLOSED"
+                           else openapi.business("ACQ.TRADE_HAS_SUCCESS", "交易已被支付"))
+                return self._html(pages.settled(trade, self._merchant_name(trade), problem))
             trade.buyer_acted = True
             if before == "WAIT_BUYER_PAY" and action == "pay":
                 trade.status, trade.paid_at = "TRADE_SUCCESS", now
@@ -376,8 +406,7 @@ class Simulator:
         return self._callbacks.notifications(event, self.faults, self._clock())
 
     def _find_own(self, out_trade_no: str, merchant_id: str | None) -> SimTrade:
-        found = [t for t in self._store.trades()
-                 if t.out_trade_no == out_trade_no and merchant_id in (None, t.merchant_id)]
+        found = [t for t in self._store.by_out_trade_no(out_trade_no) if merchant_id in (None, t.merchant_id)]
         if len(found) != 1:
             raise LookupError(f"{len(found)} trades match out_trade_no={out_trade_no!r}; pass merchant_id=..."
                               if found else f"no trade with out_trade_no={out_trade_no!r}")

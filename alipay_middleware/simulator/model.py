@@ -77,6 +77,24 @@ class Faults:
     def names(cls) -> tuple[str, ...]:
         return ("duplicate_notify", "out_of_order", "notify_before_return", "foreign_app_id", "tamper_amount")
 
+    @staticmethod
+    def explain(name: str) -> str:
+        """One line on what the switch does (the admin page shows it next to the switch)."""
+        return _FAULT_LINES[name]
+
+
+_FAULT_LINES = {
+    "duplicate_notify": "Every delivery is sent twice at once: the shop must act on it only once.",
+    "out_of_order": "A trade's notification is held back until its next one (a refund, a close) has gone, "
+                    "or until the first resend interval passes.",
+    "notify_before_return": "The notification is sent and answered before the browser returns to the shop "
+                            "(otherwise the return goes first).",
+    "foreign_app_id": "A correctly signed copy for another app id (legacy: another seller_id) is sent too: "
+                      "the shop must refuse it.",
+    "tamper_amount": "The notification is signed with a wrong total_amount (0.01): only the shop's own amount "
+                     "check can catch it.",
+}
+
 
 @dataclass(frozen=True)
 class PayRequest:
@@ -133,6 +151,17 @@ class SimTrade:
     #: A page-pay trade exists at Alipay only once the buyer acted on the cashier page.
     buyer_acted: bool = False
     refunds: dict[str, Refund] = field(default_factory=dict)
+
+
+@dataclass
+class NotifyId:
+    """An id ``notify_verify`` answers for (legacy service)."""
+
+    notify_id: str
+    merchant_id: str
+    #: time.time() after which notify_verify answers false; None: until the notification is acknowledged.
+    expires: float | None
+    alive: bool = True
 
 
 @dataclass(frozen=True)

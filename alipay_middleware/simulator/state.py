@@ -1,82 +1,60 @@
-"""The simulator's memory: trades (with their refunds), issued notify ids and the trade number counter.
+"""The simulator's memory: trades, live notify ids, the trade number counter and the resends to come.
 
-In memory by default; with ``state_path`` every change is written through to a JSON file (``*.json``,
-rewritten atomically) or an SQLite database (``*.sqlite3``/``*.db``), so a restarted simulator still
-answers ``alipay.trade.query`` and ``notify_verify`` the way it did. Notification attempts are kept in
-memory only: resends that were pending when the process stopped are not resumed.
+In memory by default; with ``state_path`` (``*.sqlite3``/``*.db``, see ``statefile``) every change is
+written through as one row, so a restarted simulator still answers ``alipay.trade.query`` and
+``notify_verify`` the way it did and resumes the resends that were pending. Every operation costs the same
+at 10 or 10,000 trades: trades are indexed by ``(merchant, out_trade_no)``, ``trade_no`` and
+``out_trade_no``, and kept in creation order for the admin page's pages.
+
+Notify ids (legacy ``notify_verify``): a return's id lives ``RETURN_ID_LIFETIME``-ish (about a minute, as
+at Alipay), a notification's until the shop answers ``success``. An acknowledged or expired id is
+forgotten (``notify_verify`` answers ``false`` for it, as for any id it does not know); of the ids still
+alive the table keeps the newest ``keep_notify_ids`` (default 10,000) and drops the oldest beyond that.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict, deque
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .model import Refund, SimTrade
+from .model import NotifyId, SimTrade
+from .statefile import StateFile
 
-_TRADE_DATES = ("created_at", "paid_at", "closed_at")
-
-
-@dataclass
-class NotifyId:
-    notify_id: str
-    merchant_id: str
-    #: time.time() after which notify_verify answers false; None: until the notification is acknowledged.
-    expires: float | None
-    alive: bool = True
-
-
-def trade_to_dict(trade: SimTrade) -> dict[str, Any]:
-    data = asdict(trade)
-    data["total_amount"] = str(trade.total_amount)
-    data["refunded_amount"] = str(trade.refunded_amount)
-    for name in _TRADE_DATES:
-        value = getattr(trade, name)
-        data[name] = value.isoformat() if value is not None else None
-    data["refunds"] = {no: {"out_request_no": no, "amount": str(r.amount), "at": r.at.isoformat()}
-                       for no, r in trade.refunds.items()}
-    return data
-
-
-def trade_from_dict(data: dict[str, Any]) -> SimTrade:
-    data = dict(data)
-    data["total_amount"] = Decimal(data["total_amount"])
-    data["refunded_amount"] = Decimal(data["refunded_amount"])
-    for name in _TRADE_DATES:
-        data[name] = datetime.fromisoformat(data[name]) if data.get(name) else None
-    data["refunds"] = {no: Refund(no, Decimal(r["amount"]), datetime.fromisoformat(r["at"]))
-                       for no, r in data.get("refunds", {}).items()}
-    return SimTrade(**data)
+#: How many live notify ids are kept by default (the oldest beyond are dropped).
+KEEP_NOTIFY_IDS = 10_000
 
 
 class Store:
     """Thread-safe: every method takes ``lock`` (re-entrant, so callers can group several calls)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, keep_notify_ids: int = KEEP_NOTIFY_IDS) -> None:
+        if isinstance(keep_notify_ids, bool) or not isinstance(keep_notify_ids, int) or keep_notify_ids < 1:
+            raise ValueError(f"keep_notify_ids must be a positive whole number, got {keep_notify_ids!r}")
         self.lock = threading.RLock()
+        self.keep_notify_ids = keep_notify_ids
         self._trades: dict[tuple[str, str], SimTrade] = {}
-        self._notify_ids: dict[str, NotifyId] = {}
+        self._by_trade_no: dict[str, SimTrade] = {}
+        self._by_out_trade_no: dict[str, list[SimTrade]] = {}
+        self._order: list[SimTrade] = []  # creation order
+        self._notify_ids: OrderedDict[str, NotifyId] = OrderedDict()
+        self._expiring: deque[NotifyId] = deque()  # ids with a lifetime, oldest first
         self._counter = 0
-        self._backend: _Backend | None = None
+        self._file: StateFile | None = None
         if path is not None:
-            path = Path(path)
-            if path.suffix in (".sqlite3", ".sqlite", ".db"):
-                self._backend = _SQLite(path)
-            elif path.suffix == ".json":
-                self._backend = _JSON(path)
-            else:
-                raise ValueError(f"state_path must end in .json, .sqlite3 or .db, got {str(path)!r}")
-            trades, notify_ids, self._counter = self._backend.load()
-            self._trades = {(t.merchant_id, t.out_trade_no): t for t in trades}
-            self._notify_ids = {n.notify_id: n for n in notify_ids}
+            self._file = StateFile(Path(path))
+            trades, notify_ids, self._counter = self._file.load()
+            for trade in trades:
+                self._index(trade)
+            self._notify_ids.update((record.notify_id, record) for record in notify_ids)  # oldest first
+            self._expiring.extend(sorted((r for r in notify_ids if r.expires is not None),
+                                         key=lambda r: r.expires or 0.0))  # soonest first
+            self._prune()
 
     # -- trades ------------------------------------------------------------------------------------
 
@@ -84,36 +62,60 @@ class Store:
         """28 digits like Alipay's: the date, then a running number (``2026112622001400000000000001``)."""
         with self.lock:
             self._counter += 1
-            if self._backend is not None:
-                self._backend.save_counter(self._counter)
+            if self._file is not None:
+                self._file.save_counter(self._counter)
             return f"{now:%Y%m%d}220014{self._counter:014d}"
+
+    def _index(self, trade: SimTrade) -> None:
+        self._trades[(trade.merchant_id, trade.out_trade_no)] = trade
+        self._by_trade_no[trade.trade_no] = trade
+        self._by_out_trade_no.setdefault(trade.out_trade_no, []).append(trade)
+        self._order.append(trade)
 
     def add(self, trade: SimTrade) -> None:
         with self.lock:
-            self._trades[(trade.merchant_id, trade.out_trade_no)] = trade
+            if (trade.merchant_id, trade.out_trade_no) in self._trades or trade.trade_no in self._by_trade_no:
+                raise ValueError(f"trade {trade.merchant_id}:{trade.out_trade_no} ({trade.trade_no}) exists already")
+            self._index(trade)
             self.save(trade)
 
     def save(self, trade: SimTrade) -> None:
         """Write a changed trade through to the file (no-op in memory)."""
         with self.lock:
-            if self._backend is not None:
-                self._backend.save_trade(trade)
+            if self._file is not None:
+                self._file.save_trade(trade)
 
     def find(self, merchant_id: str, out_trade_no: str | None = None, trade_no: str | None = None) -> SimTrade | None:
         """``trade_no`` wins when both are given, as at Alipay."""
         with self.lock:
             if trade_no:
-                return next((t for t in self._trades.values()
-                             if t.trade_no == trade_no and t.merchant_id == merchant_id), None)
+                trade = self._by_trade_no.get(trade_no)
+                return trade if trade is not None and trade.merchant_id == merchant_id else None
             return self._trades.get((merchant_id, out_trade_no or ""))
 
     def by_trade_no(self, trade_no: str) -> SimTrade | None:
         with self.lock:
-            return next((t for t in self._trades.values() if t.trade_no == trade_no), None)
+            return self._by_trade_no.get(trade_no)
+
+    def by_out_trade_no(self, out_trade_no: str) -> list[SimTrade]:
+        """The trades of every merchant with this out_trade_no, oldest first."""
+        with self.lock:
+            return list(self._by_out_trade_no.get(out_trade_no, ()))
 
     def trades(self) -> list[SimTrade]:
+        """Every trade, oldest first."""
         with self.lock:
-            return sorted(self._trades.values(), key=lambda t: t.created_at)
+            return list(self._order)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self._order)
+
+    def newest(self, skip: int, limit: int) -> list[SimTrade]:
+        """``limit`` trades, newest first, after skipping the ``skip`` newest: one page of the admin page."""
+        with self.lock:
+            end = max(len(self._order) - skip, 0)
+            return self._order[max(end - limit, 0):end][::-1]
 
     # -- notify ids (legacy notify_verify) ---------------------------------------------------------
 
@@ -122,114 +124,65 @@ class Store:
         record = NotifyId(notify_id, merchant_id, None if lifetime is None else time.time() + lifetime)
         with self.lock:
             self._notify_ids[notify_id] = record
-            if self._backend is not None:
-                self._backend.save_notify_id(record)
+            if record.expires is not None:
+                self._expiring.append(record)
+            if self._file is not None:
+                self._file.save_notify_id(record)
+            self._prune()
         return notify_id
 
     def notify_id_valid(self, merchant_id: str, notify_id: str) -> bool:
         with self.lock:
+            self._prune()
             record = self._notify_ids.get(notify_id)
-            if record is None or not record.alive or record.merchant_id != merchant_id:
+            if record is None or record.merchant_id != merchant_id:
                 return False
             return record.expires is None or time.time() <= record.expires
 
     def retire_notify_id(self, notify_id: str) -> None:
         """Alipay forgets a notification's id once the merchant answered ``success``."""
         with self.lock:
-            record = self._notify_ids.get(notify_id)
-            if record is not None and record.alive:
-                record.alive = False
-                if self._backend is not None:
-                    self._backend.save_notify_id(record)
+            self._forget(notify_id)
+
+    def notify_id_count(self) -> int:
+        with self.lock:
+            return len(self._notify_ids)
+
+    def _forget(self, notify_id: str) -> None:
+        record = self._notify_ids.pop(notify_id, None)
+        if record is not None:
+            record.alive = False
+            if self._file is not None:
+                self._file.drop_notify_id(notify_id)
+
+    def _prune(self) -> None:
+        """Forget expired ids (from the front of ``_expiring``) and the oldest beyond ``keep_notify_ids``."""
+        now = time.time()
+        while self._expiring and (not self._expiring[0].alive or (self._expiring[0].expires or 0) < now):
+            self._forget(self._expiring.popleft().notify_id)
+        while len(self._notify_ids) > self.keep_notify_ids:
+            oldest = next(iter(self._notify_ids))
+            self._forget(oldest)
+
+    # -- pending notifications (the notifier's journal) ----------------------------------------------
+
+    def save_pending(self, notify_id: str, due: float, record: dict[str, Any]) -> None:
+        """A notification still to be sent at ``due`` (time.time()); kept only with a state file."""
+        with self.lock:
+            if self._file is not None:
+                self._file.save_pending(notify_id, due, record)
+
+    def drop_pending(self, notify_id: str) -> None:
+        with self.lock:
+            if self._file is not None:
+                self._file.drop_pending(notify_id)
+
+    def load_pending(self) -> list[tuple[float, dict[str, Any]]]:
+        with self.lock:
+            return self._file.load_pending() if self._file is not None else []
 
     def close(self) -> None:
         with self.lock:
-            if self._backend is not None:
-                self._backend.close()
-
-
-class _Backend:
-    def load(self) -> tuple[list[SimTrade], list[NotifyId], int]:
-        raise NotImplementedError
-
-    def save_trade(self, trade: SimTrade) -> None:
-        raise NotImplementedError
-
-    def save_notify_id(self, record: NotifyId) -> None:
-        raise NotImplementedError
-
-    def save_counter(self, counter: int) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _JSON(_Backend):
-    """One document, rewritten through a temporary file and ``os.replace`` (never half-written)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.doc: dict[str, Any] = {"version": 1, "counter": 0, "trades": {}, "notify_ids": {}}
-        if path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"state file {str(path)!r} is not a simulator state file: {exc}") from None
-            if not isinstance(loaded, dict) or loaded.get("version") != 1:
-                raise ValueError(f"state file {str(path)!r} is not a simulator state file (version 1)")
-            self.doc = loaded
-
-    def load(self) -> tuple[list[SimTrade], list[NotifyId], int]:
-        trades = [trade_from_dict(t) for t in self.doc["trades"].values()]
-        ids = [NotifyId(**n) for n in self.doc["notify_ids"].values()]
-        return trades, ids, int(self.doc["counter"])
-
-    def _write(self) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self.doc, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(temporary, self.path)
-
-    def save_trade(self, trade: SimTrade) -> None:
-        self.doc["trades"][f"{trade.merchant_id}:{trade.out_trade_no}"] = trade_to_dict(trade)
-        self._write()
-
-    def save_notify_id(self, record: NotifyId) -> None:
-        self.doc["notify_ids"][record.notify_id] = asdict(record)
-        self._write()
-
-    def save_counter(self, counter: int) -> None:
-        self.doc["counter"] = counter
-        self._write()
-
-
-class _SQLite(_Backend):
-    def __init__(self, path: Path) -> None:
-        # One connection shared under the store's lock; autocommit, so every change is durable at once.
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.db.executescript(
-            "CREATE TABLE IF NOT EXISTS sim_trades (merchant_id TEXT, out_trade_no TEXT, data TEXT NOT NULL,"
-            " PRIMARY KEY (merchant_id, out_trade_no));"
-            "CREATE TABLE IF NOT EXISTS sim_notify_ids (notify_id TEXT PRIMARY KEY, data TEXT NOT NULL);"
-            "CREATE TABLE IF NOT EXISTS sim_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
-        )
-
-    def load(self) -> tuple[list[SimTrade], list[NotifyId], int]:
-        trades = [trade_from_dict(json.loads(row[0])) for row in self.db.execute("SELECT data FROM sim_trades")]
-        ids = [NotifyId(**json.loads(row[0])) for row in self.db.execute("SELECT data FROM sim_notify_ids")]
-        row = self.db.execute("SELECT value FROM sim_meta WHERE name = 'counter'").fetchone()
-        return trades, ids, int(row[0]) if row else 0
-
-    def save_trade(self, trade: SimTrade) -> None:
-        self.db.execute("INSERT OR REPLACE INTO sim_trades VALUES (?, ?, ?)",
-                        (trade.merchant_id, trade.out_trade_no, json.dumps(trade_to_dict(trade), ensure_ascii=False)))
-
-    def save_notify_id(self, record: NotifyId) -> None:
-        self.db.execute("INSERT OR REPLACE INTO sim_notify_ids VALUES (?, ?)",
-                        (record.notify_id, json.dumps(asdict(record))))
-
-    def save_counter(self, counter: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO sim_meta VALUES ('counter', ?)", (str(counter),))
-
-    def close(self) -> None:
-        self.db.close()
+            if self._file is not None:
+                self._file.close()
+                self._file = None  # later changes (none are expected) stay in memory
