@@ -140,7 +140,7 @@ def test_replay_and_reconcile_lines_are_escaped(recorded: dict[str, Any], monkey
     assert_clean(out + err)
     assert f"paid:{APP_ID}:{ORDER_ESCAPED}" in out and f"paid:{ORDER_ESCAPED}\\u202e" in out
 
-    monkeypatch.setattr(alipay, "reconcile", lambda older_than_minutes: [
+    monkeypatch.setattr(alipay, "reconcile", lambda older_than_minutes, **options: [
         Confirmation(ORDER, "TRADE\x1b[2J", None, "not_paid")])
     code, out, err = run(capsys, "reconcile", "--app", "escapes_shop:alipay")
     assert code == 0, err

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..alipay import RECONCILE_CONCURRENCY
 from ..errors import AlipayError
 from ..ledger import DONE, FAILED, RECEIVED, REJECTED
 from .admin import MIN_PRUNE_DAYS, cmd_keygen, cmd_migrate, cmd_prune, cmd_schema
@@ -89,13 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         "reconcile", cmd_reconcile, "ask Alipay about pending orders",
         "For every order the app's @alipay.pending_orders lists as unpaid and older than N minutes, query "
         "Alipay (alipay.trade.query) and feed confirmed payments and unpaid closes through the app's hooks, "
-        "with the notify path's dedupe: safe from cron on every host at once. One line per order: "
+        "with the notify path's dedupe: safe from cron on every host at once. Up to --concurrency orders are "
+        "asked about at once; on a terminal a progress line counts them. Then one line per order, in the order "
+        "pending_orders listed them: "
         "processed, already_paid, already_done, in_progress, not_paid, error or a refusal reason; exit code 1 "
         "on error or refusal. --ledger is optional; if given it must name the app's ledger.")
     reconcile.add_argument("--app", required=True, metavar="MODULE:ATTR",
                            help="the app's Alipay object, e.g. myshop.payments:alipay")
     reconcile.add_argument("--older-than-minutes", type=float, default=15.0, metavar="N",
                            help="only orders created more than N minutes ago (default 15)")
+    reconcile.add_argument("--concurrency", type=int, default=RECONCILE_CONCURRENCY, metavar="N",
+                           help=f"ask Alipay about N orders at once (default {RECONCILE_CONCURRENCY}; 1: one after "
+                                "another). The app's hooks then run in up to N threads at once, as under a threaded "
+                                "server")
 
     prune = command(
         "prune", cmd_prune, "drop old raw bodies, keep the keys",
