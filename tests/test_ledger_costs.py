@@ -219,7 +219,7 @@ def render_old_list(events: list[StoredEvent]) -> str:
     """What `list` printed before it streamed: the table of every event, measured and printed at once."""
     header = ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON")
     rows = [[cli_output.visible(cell) for cell in (e.key, e.kind, e.status, e.out_trade_no, str(e.attempts),
-                                             cli_output.when(e.updated_at), cli_output.visible(e.reason or ""))]
+                                             cli_output.when(e.updated_at), cli_output.visible(cli_events.why(e)))]
             for e in events]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = command("list", cmd_list, "events, newest first",
                       "One line per event, newest first: key, kind, status, out_trade_no, attempts, updated_at "
-                      "(UTC), reason.")
+                      "(UTC), reason (a failed event's: the exception its hook raised; 'show KEY' prints the "
+                      "traceback).")
     listing.add_argument("--status", choices=(RECEIVED, DONE, FAILED, REJECTED), help="only events of this status")
     listing.add_argument("--order", metavar="OUT_TRADE_NO", help="only the events of this order")
     listing.add_argument("--limit", type=int, default=50, metavar="N", help="at most N events (default 50; 0: all)")
@@ -59,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="one JSON object per line, every field but the raw body (raw_body_size: null once "
                               "pruned)")
 
-    show = command("show", cmd_show, "one event, all its fields",
+    show = command("show", cmd_show, "one event, or an order's events, all their fields",
                    "One event: every column, its decoded fields, its reason and error (the hook's traceback). "
-                   "Exit code 1 if the key is unknown.")
-    show.add_argument("key", metavar="KEY", help="the event's key, as 'list' shows it")
+                   "Given an out_trade_no instead of a key: every event of that order, oldest first. "
+                   "Exit code 1 if neither is known.")
+    show.add_argument("key", metavar="KEY_OR_OUT_TRADE_NO",
+                      help="an event's key or an order's out_trade_no, as 'list' shows them")
     show.add_argument("--raw", action="store_true",
                       help="also the raw body as received, decoded in its charset (undecodable bytes escaped)")
 

@@ -64,24 +64,42 @@ def identity(ledger: Ledger) -> object:
     return repr(ledger)  # PostgresLedger: host, port, database, schema.table (never the password)
 
 
+#: What --app takes, said with every error about it.
+APP_FORMS = ("--app names the app's Alipay object as MODULE:ATTRIBUTE, e.g. myshop.payments:alipay (the module "
+             "myshop/payments.py, imported from the current directory, as uvicorn does), or as FILE.py:ATTRIBUTE, "
+             "e.g. shop.py:alipay or path/to/shop.py:alipay (that file, its folder on the import path)")
+
+
 def load_app(spec: str) -> Alipay:
+    """The ``Alipay`` object ``spec`` (``module.path:attribute`` or ``path/to/file.py:attribute``) names."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise CliError(f"--app must be MODULE:ATTRIBUTE, like myshop.payments:alipay (got {spec!r})")
-    if os.getcwd() not in sys.path:
+        hint = f" Did you mean {spec}:alipay?" if spec.endswith(".py") else ""
+        raise CliError(f"--app must be MODULE:ATTRIBUTE or FILE.py:ATTRIBUTE (got {spec!r}).{hint} {APP_FORMS}")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        path = os.path.abspath(module_name)
+        if not module_name.endswith(".py") or not os.path.isfile(path):
+            raise CliError(f"no Python file {module_name!r} (from {os.getcwd()}). {APP_FORMS}")
+        folder, module_name = os.path.split(path[: -len(".py")])
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # the file's own imports of its neighbours work, as under `python FILE`
+    elif os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as uvicorn and gunicorn do: the app's modules sit here
     try:
         target: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise  # a module that the app imports is missing: the traceback says which
-        raise CliError(f"cannot import {module_name!r} (from {os.getcwd()}): {exc}") from None
+        raise CliError(f"cannot import {module_name!r} (from {os.getcwd()}): {exc}. {APP_FORMS}") from None
+    module = target
     for name in attribute.split("."):
         if not hasattr(target, name):
-            raise CliError(f"{module_name!r} has no attribute {attribute!r}")
+            apps = [n for n, value in vars(module).items() if isinstance(value, Alipay)]
+            found = f"; its Alipay objects: {', '.join(apps)}" if apps else "; it holds no Alipay object"
+            raise CliError(f"{module_name!r} has no attribute {attribute!r}{found}. {APP_FORMS}")
         target = getattr(target, name)
     if not isinstance(target, Alipay):
-        raise CliError(f"{spec} is a {type(target).__name__}, not the app's Alipay object")
+        raise CliError(f"{spec} is a {type(target).__name__}, not the app's Alipay object. {APP_FORMS}")
     return target
 
 

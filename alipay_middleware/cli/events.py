@@ -32,7 +32,20 @@ FAILING_OUTCOMES: tuple[ReplayOutcome, ...] = ("failed", "rejected", "refused", 
 #: The notify path's answers that replay reports as ``busy`` (a worker holds the lease) and ``unavailable``.
 BUSY_REASONS: tuple[Reason, ...] = ("in_progress", "lease_lost")
 UNAVAILABLE_REASONS: tuple[Reason, ...] = ("ledger_unavailable", "commit_failed")
+#: The longest error line ``list`` shows in its REASON column (``show`` prints the whole traceback).
+REASON_WIDTH = 100
 
+
+def why(event: StoredEvent) -> str:
+    """The REASON column: the reason recorded (a rejection's), or for a failed event the last line of its
+    error, the exception the hook raised (not escaped yet)."""
+    if event.reason:
+        return event.reason
+    if event.status != FAILED or not event.error:
+        return ""
+    # Line feeds only: str.splitlines() would also break at (and so hide) \r, \x1c-\x1e, \x85, \u2028.
+    last = next((line.strip() for line in reversed(event.error.split("\n")) if line.strip()), "")
+    return last if len(last) <= REASON_WIDTH else last[: REASON_WIDTH - 3] + "..."
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -55,7 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not print_rows_read_twice(
             ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON"),
             lambda: ((e.key, e.kind, e.status, e.out_trade_no, str(e.attempts), when(e.updated_at),
-                      visible(e.reason or "")) for e in events()),
+                      visible(why(e))) for e in events()),
         ):
             emit("no events")
     return 0
@@ -64,8 +77,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with opened(ledger_url(args)) as ledger:
         event = ledger.get(args.key)
+        # Not a key: an out_trade_no, whose events (index-backed) come oldest first, as they happened.
+        found = [event] if event is not None else list(ledger.iter_events(out_trade_no=args.key, oldest_first=True))
+    if not found:
+        raise CliError(f"no event with the key {args.key!r} in this ledger, and no order with that out_trade_no "
+                       "('list' shows both: KEY and OUT_TRADE_NO)", code=1)
     if event is None:
-        raise CliError(f"no event with the key {args.key!r} in this ledger ('list' shows the keys)", code=1)
+        emit(f"order {visible(args.key)}: {len(found)} event{'s' if len(found) > 1 else ''}, oldest first")
+    for number, one in enumerate(found):
+        if event is None:
+            emit()
+            emit(f"-- event {number + 1} of {len(found)}")
+        _show_event(one, raw=args.raw)
+    return 0
+
+
+def _show_event(event: StoredEvent, *, raw: bool) -> None:
     facts = [
         ("key", event.key), ("trade_key", event.trade_key), ("kind", event.kind), ("status", event.status),
         ("out_trade_no", event.out_trade_no), ("trade_no", event.trade_no), ("trade_status", event.trade_status),
@@ -86,15 +113,14 @@ def cmd_show(args: argparse.Namespace) -> int:
             emit(f"  {visible(line)}")
     if event.raw_body is None:
         emit("raw body:     - (pruned)")
-    elif not args.raw:
+    elif not raw:
         emit(f"raw body:     {len(event.raw_body)} bytes (--raw shows them)")
     else:
         emit(f"raw body:     {len(event.raw_body)} bytes, decoded as {visible(event.charset)}:")
         emit(f"  {visible(decode(event.raw_body, event.charset))}")
-    return 0
 
 
-
+# -- replay ---------------------------------------------------------------------------------------------
 
 def _select(ledger: Ledger, args: argparse.Namespace) -> tuple[Iterator[StoredEvent], list[str]]:
     """The events to replay, oldest first (the order they were accepted in), and the unknown keys.
