@@ -27,7 +27,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not args.yes:
             count = ledger.prune(before, dry_run=True)
             emit(f"{count} done events last updated before {when(before)} would be pruned: their raw bodies "
-                  "and buyer fields dropped; keys, statuses, ids and amounts kept. Run again with --yes to prune.")
+                 "and buyer fields dropped; keys, statuses, ids and amounts kept. Run again with --yes to prune.")
             return 0
         count = ledger.prune(before)
     emit(f"pruned {count} done events last updated before {when(before)}")
@@ -71,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             raise CliError(f"--from and --to are the same ledger ({source!r})")
         inserted, skipped = target.import_events(source.export())
     emit(f"copied {inserted} events from {source!r} to {target!r}; "
-          f"skipped {skipped} whose key was already there")
+         f"skipped {skipped} whose key was already there")
     return 0
 
 
@@ -90,7 +90,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
                  "then OpenApiConfig(app_id=..., app_private_key=<the private key's text>, "
                  "alipay_public_key=<the *Alipay* public key the console then shows>)")
     emit(f"wrote {paths[0]} (RSA-{args.bits} private key, PKCS#8, readable by you only: never upload it), "
-          f"{paths[1]} and {paths[2]} (the public key)")
+         f"{paths[1]} and {paths[2]} (the public key)")
     emit(f"for {where}")
     emit("the public key, as the console wants it (one line):")
     emit(line)

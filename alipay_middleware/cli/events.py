@@ -190,7 +190,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 what: ReplayOutcome = "already_done" if event.status == DONE else "busy" if live else "would_replay"
                 lease = f" lease={describe_lease(event)}" if event.lease_until is not None else ""
                 emit(f"{what:<13}{visible(event.key)}  status={visible(event.status)} attempts={event.attempts}"
-                      f"{visible(lease)}")
+                     f"{visible(lease)}")
             return 1 if unknown else 0
         alipay.start()  # the same start-up warnings as the app's (no order_amount, no on_paid)
         unknowns: list[ReplayOutcome] = ["unknown"] * len(unknown)
