@@ -14,7 +14,7 @@ See the README for the hook contract, the answers the notify path gives and the 
 The map, top layer first. A module imports from its own folder (without cycles) and from the layers below
 it, never from above (tests/test_architecture.py enforces this and prints the layers with their modules):
 
-    cli.py           the operator's command line (``alipay-middleware``)
+    cli/             the operator's command line (``alipay-middleware``)
     __main__.py      ``python -m alipay_middleware``: the same command line
     simulator/       a local Alipay gateway simulator, a test double (``python -m alipay_middleware.simulator``)
     alipay.py        ``Alipay``, the composition root: the only module that knows every layer below

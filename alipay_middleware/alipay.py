@@ -10,7 +10,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -39,6 +39,8 @@ from .protocols.openapi import OpenApiConfig, OpenApiProtocol
 log = logging.getLogger("alipay_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
 _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
+#: How many pending orders ``reconcile`` asks Alipay about at once, unless told otherwise.
+RECONCILE_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -322,25 +324,49 @@ class Alipay:
         """The same calls as coroutines, run in :attr:`executor`, never on the event loop."""
         return AsyncAlipayClient(self)
 
-    def reconcile(self, older_than_minutes: float = 15.0) -> list[Confirmation]:
+    def reconcile(self, older_than_minutes: float = 15.0, *, concurrency: int = RECONCILE_CONCURRENCY,
+                  progress: Callable[[int, int], None] | None = None) -> list[Confirmation]:
         """Ask Alipay about every order ``pending_orders`` lists as older than ``older_than_minutes``, and
         feed confirmed payments and unpaid closes through the same hooks and dedupe as the notify.
 
         For notifications that never arrived (a notify_url down for a day misses every resend). Safe to
         run from cron on every host at once: the ledger lets one worker run each hook, once. Blocking;
-        returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order.
+        returns one :class:`~alipay_middleware.callbacks.confirm.Confirmation` per order, in the order
+        ``pending_orders`` listed them.
+
+        Up to ``concurrency`` orders are asked about at once (each query waits on the network; one at a
+        time, 10,000 orders at 50 ms each take over 8 minutes), so hooks may run in several threads at
+        once, as they do under a threaded server; ``concurrency=1`` asks one after another. An order whose
+        confirmation fails is reported (``error``, ``internal_error``, ...) and does not stop the others.
+        ``progress(done, total)``, if given, is called in the calling thread after each order.
         """
         if self.pending_orders_fn is None:
             raise RuntimeError("reconcile needs @alipay.pending_orders: a function listing your unpaid orders")
         if not 0 <= older_than_minutes <= 60 * 24 * 365:
             raise ValueError(f"older_than_minutes must be between 0 and a year, got {older_than_minutes!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
         cutoff = datetime.now(timezone.utc) - timedelta(minutes=older_than_minutes)
-        pending = await_if_needed(self.pending_orders_fn(cutoff))
-        results = []
-        for out_trade_no in pending:
-            fallback = Confirmation(str(out_trade_no), None, None, "internal_error")
-            results.append(run_flow(confirm_flow(self, str(out_trade_no), "reconcile"), fallback))
-        return results
+        pending = [str(out_trade_no) for out_trade_no in await_if_needed(self.pending_orders_fn(cutoff))]
+        self.client  # noqa: B018 - made once here, not raced for by the workers (a cached property)
+
+        def confirm(out_trade_no: str) -> Confirmation:
+            fallback = Confirmation(out_trade_no, None, None, "internal_error")
+            return run_flow(confirm_flow(self, out_trade_no, "reconcile"), fallback)
+
+        if concurrency == 1 or len(pending) < 2:
+            results = []
+            for out_trade_no in pending:
+                results.append(confirm(out_trade_no))
+                if progress is not None:
+                    progress(len(results), len(pending))
+            return results
+        with ThreadPoolExecutor(min(concurrency, len(pending)), thread_name_prefix="alipay-reconcile") as pool:
+            futures = [pool.submit(confirm, out_trade_no) for out_trade_no in pending]
+            for done, _ in enumerate(as_completed(futures), start=1):
+                if progress is not None:
+                    progress(done, len(pending))
+        return [future.result() for future in futures]  # run_flow answers every failure: no exception here
 
     def close(self) -> None:
         """Wait for running hooks, try pending done marks once more, release the ledger's connections."""

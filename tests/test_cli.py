@@ -174,6 +174,7 @@ def test_list_prints_events_newest_first_and_filters(shop: Shop):
         [done, "paid", DONE, "T1", "1"],
     ]
     assert rows[0][6] == "unknown_order" and rows[0][5].endswith("Z")
+    assert rows[1][6:] == ["RuntimeError:", "hook", "failed", "on", "purpose"]  # a failed event: its exception
 
     assert [row[0] for row in lines(run_cli("list", "--ledger", shop.url, "--status", "failed").stdout)[1:]] == [failed]
     assert [row[0] for row in lines(run_cli("list", "--ledger", shop.url, "--order", "T1").stdout)[1:]] == [done]
@@ -229,7 +230,23 @@ def test_show_an_unknown_key_exits_1(shop: Shop):
     shop.pay("T1")
     result = run_cli("show", "paid:nope", "--ledger", shop.url)
     assert result.returncode == 1 and result.stdout == ""
-    assert "no event with the key 'paid:nope'" in result.stderr
+    assert "no event with the key 'paid:nope'" in result.stderr and "no order with that out_trade_no" in result.stderr
+
+
+def test_show_an_out_trade_no_prints_every_event_of_that_order_oldest_first(shop: Shop):
+    _, paid = shop.pay("T1")
+    refund = notify_fields("T1", ORDERS["T1"], refund_fee="1.00", gmt_refund="2024-01-02 10:00:00", out_biz_no="R1")
+    assert shop.post(signed_body(refund, shop.keys.alipay)) == 200
+    shop.pay("T2")
+    result = run_cli("show", "T1", "--ledger", shop.url)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("order T1: 2 events, oldest first\n\n-- event 1 of 2\n")
+    first, second = out.split("-- event 2 of 2\n")
+    assert f"key:          {paid}\n" in first and "kind:         paid\n" in first
+    assert "kind:         refunded\n" in second and "  refund_fee = 1.00\n" in second
+    assert "out_trade_no: T2" not in out and out.count("raw body:") == 2
+    assert run_cli("show", paid, "--ledger", shop.url).stdout.startswith(f"key:          {paid}\n")  # a key: one
 
 
 def test_the_ledger_comes_from_alipay_ledger_when_not_given(shop: Shop):
@@ -252,7 +269,9 @@ def test_a_missing_sqlite_file_is_an_error_not_a_new_empty_ledger(tmp_path: Path
 
 def test_a_missing_postgres_table_is_an_error_not_a_new_empty_table(spare_table: str):
     result = run_cli("list", "--ledger", pg_url(spare_table))
-    assert result.returncode == 2 and "does not exist" in result.stderr and "schema_sql" in result.stderr
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert "'alipay-middleware schema --apply --ledger postgresql://USER@HOST/DBNAME?schema=public&table=" \
+        in result.stderr and "--table " in result.stderr
 
 
 # -- replay -------------------------------------------------------------------------------------------------
@@ -474,15 +493,33 @@ def test_replay_runs_on_the_apps_own_ledger_only(shop: Shop, tmp_path: Path):
 
 
 @pytest.mark.parametrize("app,message", [
-    ("shop_hooks", "must be MODULE:ATTRIBUTE"),
+    ("shop_hooks", "must be MODULE:ATTRIBUTE or FILE.py:ATTRIBUTE (got 'shop_hooks')"),
+    ("shop_hooks.py", "Did you mean shop_hooks.py:alipay?"),
     ("no_such_module:alipay", "cannot import 'no_such_module'"),
-    ("shop_hooks:nothing", "has no attribute 'nothing'"),
+    ("missing.py:alipay", "no Python file 'missing.py'"),
+    ("sub/shop_hooks.py:alipay", "no Python file 'sub/shop_hooks.py'"),
+    ("shop_hooks:nothing", "has no attribute 'nothing'; its Alipay objects: alipay"),
     ("shop_hooks:config", "is a OpenApiConfig, not the app's Alipay object"),
 ])
 def test_a_bad_app_is_a_clear_error(shop: Shop, tmp_path: Path, app: str, message: str):
     write_hooks(shop, tmp_path)
     result = run_cli("replay", "--app", app, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+    # Every one explains both forms, with an example of each.
+    assert "MODULE:ATTRIBUTE, e.g. myshop.payments:alipay" in result.stderr, result.stderr
+    assert "FILE.py:ATTRIBUTE, e.g. shop.py:alipay or path/to/shop.py:alipay" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("where", ["here", "elsewhere"])
+def test_app_may_be_a_file_path(shop: Shop, tmp_path: Path, where: str):
+    _, failed = shop.pay("T2", fail=True)
+    folder = tmp_path / "deploy" / "shop"
+    folder.mkdir(parents=True)
+    calls = write_hooks(shop, folder)
+    cwd, app = (folder, "shop_hooks.py:alipay") if where == "here" else (tmp_path, "deploy/shop/shop_hooks.py:alipay")
+    result = run_cli("replay", "--app", app, "--key", failed, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"replayed     {failed}") and calls_in(calls) == [f"{failed} attempt=2"]
 
 
 # -- prune --------------------------------------------------------------------------------------------------

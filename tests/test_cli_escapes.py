@@ -121,10 +121,10 @@ def test_list_json_is_valid_has_no_raw_control_and_round_trips(recorded: dict[st
 
 
 def test_json_escapes_characters_beyond_the_bmp_as_surrogate_pairs() -> None:
-    from alipay_middleware.cli import _json_line
+    from alipay_middleware.cli.output import json_line
 
     value = {"s": "tag\U000e0041 \u2028 茶 \x85"}
-    line = _json_line(value)
+    line = json_line(value)
     assert_clean(line)
     assert "\\udb40\\udc41" in line and "\\u2028" in line and "\\u0085" in line and "茶" in line
     assert json.loads(line) == value
@@ -140,7 +140,7 @@ def test_replay_and_reconcile_lines_are_escaped(recorded: dict[str, Any], monkey
     assert_clean(out + err)
     assert f"paid:{APP_ID}:{ORDER_ESCAPED}" in out and f"paid:{ORDER_ESCAPED}\\u202e" in out
 
-    monkeypatch.setattr(alipay, "reconcile", lambda older_than_minutes: [
+    monkeypatch.setattr(alipay, "reconcile", lambda older_than_minutes, **options: [
         Confirmation(ORDER, "TRADE\x1b[2J", None, "not_paid")])
     code, out, err = run(capsys, "reconcile", "--app", "escapes_shop:alipay")
     assert code == 0, err
@@ -150,17 +150,17 @@ def test_replay_and_reconcile_lines_are_escaped(recorded: dict[str, Any], monkey
 
 def test_log_lines_on_the_terminal_are_escaped() -> None:
     """The CLI's own log handler (replay and reconcile log refusals with out_trade_no)."""
-    from alipay_middleware.cli import _EscapingFormatter
+    from alipay_middleware.cli.output import EscapingFormatter
 
     record = logging.LogRecord("alipay_middleware", logging.WARNING, __file__, 1,
                                "rejected out_trade_no=%s", (ORDER + "\n伪造",), None)
-    text = _EscapingFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    text = EscapingFormatter("%(levelname)s %(name)s: %(message)s").format(record)
     assert text == f"WARNING alipay_middleware: rejected out_trade_no={ORDER_ESCAPED}\\n伪造"
     try:
         raise RuntimeError(HOSTILE)
     except RuntimeError:
         record.exc_info = sys.exc_info()
-    lines = _EscapingFormatter().format(record).split("\n")
+    lines = EscapingFormatter().format(record).split("\n")
     assert_clean("\n".join(lines))
     assert "\n".join(lines[-2:]) == f"RuntimeError: {TRACEBACK_ESCAPED}伪造: done"
 

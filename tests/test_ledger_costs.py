@@ -19,6 +19,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from alipay_middleware import Alipay, cli
+from alipay_middleware.cli import events as cli_events
+from alipay_middleware.cli import output as cli_output
 from alipay_middleware.ledger import DONE, FAILED, RECEIVED, REJECTED, Ledger, StoredEvent
 from alipay_middleware.ledger.sqlite import SQLiteLedger
 from conftest import POSTGRES, Recorder, drop_postgres_table, inner_wsgi, notify_fields, signed_body
@@ -216,8 +218,8 @@ def test_list_by_status_uses_the_status_index_for_new_and_existing_sqlite_ledger
 def render_old_list(events: list[StoredEvent]) -> str:
     """What `list` printed before it streamed: the table of every event, measured and printed at once."""
     header = ("KEY", "KIND", "STATUS", "OUT_TRADE_NO", "ATTEMPTS", "UPDATED_AT", "REASON")
-    rows = [[cli._visible(cell) for cell in (e.key, e.kind, e.status, e.out_trade_no, str(e.attempts),
-                                             cli._when(e.updated_at), cli._visible(e.reason or ""))]
+    rows = [[cli_output.visible(cell) for cell in (e.key, e.kind, e.status, e.out_trade_no, str(e.attempts),
+                                             cli_output.when(e.updated_at), cli_output.visible(cli_events.why(e)))]
             for e in events]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n"
@@ -239,7 +241,7 @@ def test_list_limit_0_prints_what_it_did_and_reads_in_pages(big_ledger: Ledger, 
     order = options[options.index("--order") + 1] if "--order" in options else None
     events = big_ledger.events(status=status, out_trade_no=order, limit=-1)
     if "--json" in options:
-        expected = "".join(cli._json_line(cli._as_json(e)) + "\n" for e in events)
+        expected = "".join(cli_output.json_line(cli_output.as_json(e)) + "\n" for e in events)
     else:
         expected = render_old_list(events)
     reads = count_reads(type(big_ledger), monkeypatch)
@@ -262,7 +264,7 @@ def test_replay_selects_oldest_first_page_by_page(big_ledger: Ledger, status: st
     old = sorted((e for s in statuses for e in big_ledger.events(status=s, limit=-1)
                   if not e.key.startswith("foreign:")), key=lambda e: e.received_at)
     reads = count_reads(big_ledger, monkeypatch)
-    selected, unknown = cli._select(big_ledger, argparse.Namespace(key=None, status=status))
+    selected, unknown = cli_events._select(big_ledger, argparse.Namespace(key=None, status=status))
     assert unknown == [] and next(selected) == old[0]
     assert len(reads) == len(statuses)  # one page of each status so far, not the whole ledger
     assert [old[0], *selected] == old

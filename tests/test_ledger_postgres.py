@@ -124,7 +124,8 @@ def test_the_table_and_its_indexes_are_created_on_construction(ledger: PostgresL
 
 
 def test_create_schema_false_on_a_missing_table_fails_at_construction(table: str):
-    with pytest.raises(ValueError, match=r"does not exist.*schema_sql") as info:
+    with pytest.raises(ValueError, match=r"does not exist.*'alipay-middleware schema --apply --ledger .*"
+                                         r"'alipay-middleware schema --schema .* --table .*' prints") as info:
         PostgresLedger(POSTGRES, table=table, create_schema=False)
     assert f"public.{table}" in str(info.value)
     assert not relation_exists("public", table)

@@ -202,6 +202,67 @@ def test_a_paid_then_refunded_trade_is_not_taken_for_a_close(make_alipay, mount,
     assert result.outcome == "not_paid" and shop.closed.calls == [] and shop.paid.calls == []
 
 
+class GatheringGateway(OpenApiGateway):
+    """Holds each trade query until ``parties`` of them are in flight together. Queries that never gather
+    (one at a time) break the barrier, and are then answered as usual."""
+
+    def __init__(self, keys: Keys, parties: int) -> None:
+        super().__init__(keys.app.public_key(), keys.alipay, APP_ID)
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def _handle(self, handler: Any) -> None:
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        super()._handle(handler)
+
+
+def test_reconcile_asks_about_several_orders_at_once_but_no_more_than_its_concurrency(make_alipay, keys):
+    gateway = GatheringGateway(keys, parties=4)
+    try:
+        orders = {f"C{i:02d}": "9.90" for i in range(12)}
+        for out_trade_no in orders:
+            gateway.add_trade(out_trade_no, "TRADE_SUCCESS", "9.90")
+        alipay = make_alipay(orders=orders, config={"gateway": gateway.url})
+        paid, threads = Recorder(), set()
+        paid.fail_next = 1  # one hook fails: that order says so, the others go on
+
+        @alipay.on_paid
+        def hook(event: Any) -> None:
+            threads.add(threading.current_thread().name)
+            paid(event)
+
+        pending = list(orders)[::-1]  # not the order they will be answered in
+        alipay.pending_orders(lambda created_before: pending)
+        seen: list[tuple[int, int]] = []
+
+        results = alipay.reconcile(older_than_minutes=0, concurrency=4,
+                                   progress=lambda done, total: seen.append((done, total)))
+    finally:
+        gateway.close()
+    # Four queries were in flight at once, and no more: the hooks ran in four threads only.
+    assert not gateway.barrier.broken, "the queries never gathered four at a time"
+    assert len(threads) == 4 and threading.current_thread().name not in threads
+    assert [r.out_trade_no for r in results] == pending  # as pending_orders listed them
+    outcomes = Counter(r.outcome for r in results)
+    assert outcomes == Counter({"processed": 11, "hook_failed": 1})
+    assert sorted(e.out_trade_no for e in paid.calls) == sorted(r.out_trade_no for r in results
+                                                               if r.outcome == "processed")
+    assert seen == [(n, 12) for n in range(1, 13)]
+
+
+def test_reconcile_one_at_a_time_and_a_bad_concurrency(make_alipay, stub):
+    alipay = make_alipay(orders={"A1": "9.90", "A2": "9.90"}, config={"gateway": stub.url})
+    alipay.pending_orders(lambda created_before: ["A2", "A1"])
+    stub.add_trade("A1", "TRADE_SUCCESS", "9.90")
+    results = alipay.reconcile(concurrency=1)
+    assert [(r.out_trade_no, r.outcome) for r in results] == [("A2", "not_paid"), ("A1", "processed")]
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="concurrency must be a whole number of at least 1"):
+            alipay.reconcile(concurrency=bad)
+
+
 RECONCILE_APP = '''
 import os
 from decimal import Decimal
@@ -282,3 +343,55 @@ def test_cli_reconcile_without_pending_orders_is_a_clear_error(keys, stub, tmp_p
     done = subprocess.run([sys.executable, "-m", "alipay_middleware", "reconcile", "--app", "shop_payments:alipay"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "pending_orders" in done.stderr
+
+
+def run_reconcile_cli(keys: Keys, stub: OpenApiGateway, tmp_path: Path, *options: str,
+                      stderr: Any = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    (tmp_path / "shop_payments.py").write_text(textwrap.dedent(RECONCILE_APP))
+    env = dict(os.environ, SHOP_APP_ID=APP_ID, SHOP_APP_KEY=keys.app_private_pem,
+               SHOP_ALIPAY_KEY=keys.alipay_public_pem, SHOP_GATEWAY=stub.url, SHOP_HOOK_LOG=str(tmp_path / "hooks"),
+               SHOP_LEDGER=str(tmp_path / "ledger.sqlite3"))
+    env.pop("SHOP_POSTGRES", None)
+    env.pop("ALIPAY_LEDGER", None)
+    return subprocess.Popen([sys.executable, "-m", "alipay_middleware", "reconcile", "--app", "shop_payments:alipay",
+                             "--older-than-minutes", "0", *options],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
+def test_cli_reconcile_shows_progress_on_a_terminal_only(keys, stub, tmp_path: Path):
+    import pty
+
+    for i in range(12):
+        stub.add_trade(f"R{i:02d}", "TRADE_SUCCESS", "9.90")
+    primary, secondary = pty.openpty()
+    try:
+        child = run_reconcile_cli(keys, stub, tmp_path, "--concurrency", "3", stderr=secondary)
+        os.close(secondary)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        out = child.communicate(timeout=60)[0].decode()
+    finally:
+        os.close(primary)
+    assert child.returncode == 0, (out, terminal)
+    assert b"\rreconciled 1/12 orders" in terminal and b"\rreconciled 12/12 orders\r\n" in terminal, terminal
+    assert out.endswith("\n12 processed\n") and out.count("processed    R") == 12 and "reconciled" not in out
+
+    # Not a terminal (cron, a pipe): no progress line, the same report.
+    again = run_reconcile_cli(keys, stub, tmp_path)
+    out, err = (part.decode() for part in again.communicate(timeout=60))
+    assert again.returncode == 0 and out.endswith("\n12 already_paid\n"), (out, err)
+    assert "reconciled" not in err and "\r" not in err
+
+
+def test_cli_reconcile_refuses_a_concurrency_below_1(keys, stub, tmp_path: Path):
+    child = run_reconcile_cli(keys, stub, tmp_path, "--concurrency", "0")
+    out, err = (part.decode() for part in child.communicate(timeout=60))
+    assert child.returncode == 2 and "--concurrency must be at least 1" in err and out == ""

@@ -263,10 +263,12 @@ class PostgresLedger(Ledger):
                     if not create:
                         raise ValueError(
                             f"the ledger table {self.schema}.{self.table} (or one of its indexes, or its claim "
-                            "function) does not exist. "
-                            "Have an administrator run the SQL printed by "
-                            f"alipay_middleware.ledger.postgres.schema_sql({self.schema!r}, {self.table!r}), "
-                            "or pass create_schema=True to let this user create it."
+                            "function) does not exist. Create it as a user that may run DDL with "
+                            "'alipay-middleware schema --apply --ledger postgresql://USER@HOST/DBNAME"
+                            f"?schema={self.schema}&table={self.table}', or have an administrator run the SQL "
+                            f"that 'alipay-middleware schema --schema {self.schema} --table {self.table}' "
+                            "prints (schema_sql() in Python); or pass create_schema=True to let this user "
+                            "create it."
                         )
                     self._run_ddl(conn)
                 self._probe(conn)
