@@ -6,8 +6,9 @@ the calling thread (the WSGI request thread, the CLI): coroutine functions (asyn
 
 :func:`run_flow_async` drives a flow from the ASGI server's event loop, never blocking it and never holding a
 pool thread while an async step waits: the flow's own work (parsing, RSA, ledger calls, sync hooks) runs in
-the ``Alipay`` pool (asgiref ``sync_to_async``) up to its next async step, which is awaited on the loop
-itself; then the flow resumes in the pool. A flow of sync steps costs one thread hop, as before; one with an
+the ``Alipay`` pool (asgiref ``sync_to_async``) up to its next async step (a call that gives an awaitable:
+an ``async def`` hook's or ``order_amount``'s coroutine, created there but not started), which is awaited on
+the loop itself; then the flow resumes in the pool. A flow of sync steps costs one thread hop, as before; one with an
 async hook, two (before and after it). So slow async hooks do not use up ``hook_threads``, and a copy of
 their event is answered 503 at once.
 
@@ -28,9 +29,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 
-from ..callbacks.steps import Call, Steps
+from ..callbacks.steps import Steps
 
 T = TypeVar("T")
 
@@ -80,24 +81,15 @@ def _drive(flow: Steps[T]) -> T:
             error = exc
 
 
-def is_async(fn: Callable[..., Any]) -> bool:
-    """Whether calling ``fn`` gives a coroutine: an ``async def`` function (also bound, in a
-    ``functools.partial``, or marked with asgiref's ``markcoroutinefunction``) or an object whose
-    ``__call__`` is one."""
-    return iscoroutinefunction(fn) or iscoroutinefunction(type(fn).__call__)
-
-
 def _advance(flow: Steps[T], result: Any, error: BaseException | None) -> tuple[bool, Any]:
-    """In a pool thread: resume the flow and make its sync steps until it ends, ``(True, outcome)``, or comes
-    to an async step, ``(False, step)``: the ``Call`` of a coroutine function, not yet called, or what a
-    sync function returned that is awaitable. Exceptions other than a step's escape (a bug)."""
+    """In a pool thread: resume the flow and make its steps until it ends, ``(True, outcome)``, or a step gives
+    an awaitable (an ``async def`` function's coroutine, not yet started), ``(False, awaitable)``, for the
+    loop to await. Exceptions other than a step's escape (a bug)."""
     while True:
         try:
             call = flow.throw(error) if error is not None else flow.send(result)
         except StopIteration as stop:
             return True, stop.value
-        if is_async(call.fn):
-            return False, call
         result, error = None, None
         try:
             result = call.fn(*call.args)
@@ -127,9 +119,13 @@ async def _drive_async(flow: Steps[T], fallback: T, pool: Callable[[], ThreadPoo
     result: Any = None
     error: BaseException | None = None
     cancelled: asyncio.CancelledError | None = None
+    executor: ThreadPoolExecutor | None = None
+    hop: Callable[..., Any] = _advance
     try:
         while True:
-            hop = sync_to_async(_advance, thread_sensitive=False, executor=pool())
+            if pool() is not executor:
+                executor = pool()
+                hop = sync_to_async(_advance, thread_sensitive=False, executor=executor)
             finished, value = await hop(flow, result, error)
             if finished:
                 outcome: T = value
@@ -141,7 +137,7 @@ async def _drive_async(flow: Steps[T], fallback: T, pool: Callable[[], ThreadPoo
                 error = StepCancelled("cancelled before it started (the event loop is shutting down)")
                 continue
             try:
-                result = await (value.fn(*value.args) if isinstance(value, Call) else value)
+                result = await value
             except asyncio.CancelledError as exc:
                 cancelled = exc
                 error = StepCancelled("cancelled while it ran (the event loop is shutting down)")
