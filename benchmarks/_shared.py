@@ -42,10 +42,10 @@ def fresh_keys(bits: int = 2048) -> Keys:
     return Keys(app=RSA.generate(bits), alipay=RSA.generate(bits))
 
 
-def make_alipay(keys: Keys, ledger: str) -> Alipay:
+def make_alipay(keys: Keys, ledger: str, **settings: Any) -> Alipay:
     config = OpenApiConfig(app_id=APP_ID, app_private_key=keys.app_private_pem,
                            alipay_public_key=keys.alipay_public_pem, seller_id=SELLER_ID)
-    return Alipay(config, ledger=ledger)
+    return Alipay(config, ledger=ledger, **settings)
 
 
 def typical_notify_fields(n: int, amount: str = "88.88") -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import http.server
 import itertools
@@ -196,6 +197,13 @@ class ASGIClient:
     def request(self, method: str, path: str, body: bytes = b"", *, query: str = "",
                 headers: Mapping[str, str] | None = None, content_type: str | None = FORM,
                 chunks: list[bytes] | None = None, root_path: str = "") -> Response:
+        return self.submit(method, path, body, query=query, headers=headers, content_type=content_type,
+                           chunks=chunks, root_path=root_path).result(timeout=60)
+
+    def submit(self, method: str, path: str, body: bytes = b"", *, query: str = "",
+               headers: Mapping[str, str] | None = None, content_type: str | None = FORM,
+               chunks: list[bytes] | None = None, root_path: str = "") -> concurrent.futures.Future[Response]:
+        """The request sent, not waited for: its answer's future (``cancel()`` it to cancel the request's task)."""
         all_headers = {"host": "shop.example"}
         if body or chunks:
             if content_type:
@@ -211,9 +219,8 @@ class ASGIClient:
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in all_headers.items()],
             "client": ("127.0.0.1", 50000), "server": ("shop.example", 80),
         }
-        future = asyncio.run_coroutine_threadsafe(self._call(scope, chunks if chunks is not None else [body]),
-                                                  self.loop)
-        return future.result(timeout=60)
+        return asyncio.run_coroutine_threadsafe(self._call(scope, chunks if chunks is not None else [body]),
+                                                self.loop)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

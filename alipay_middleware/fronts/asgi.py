@@ -5,12 +5,12 @@
 
 ``lifespan`` and ``websocket`` scopes pass straight through. HTTP requests get a copy of the scope with
 ``scope["alipay"]`` (the pay helper); the return path also gets ``scope["alipay.return"]``, worked
-out in the thread pool like a notification (the legacy return makes a network call and may run
-``on_paid``).
+out like a notification (the legacy return makes a network call and may run ``on_paid``).
 
 Nothing here blocks the event loop: a notification's parsing, verification, ledger calls and sync hooks
 run in the ``Alipay`` instance's own thread pool (``hook_threads`` workers, asgiref
-``thread_sensitive=False``); async hooks are handed back to the event loop (see ``drive.py``).
+``thread_sensitive=False``); async hooks and an async ``order_amount`` are awaited on the event loop,
+holding no pool thread while they wait (see ``drive.py``).
 Deliberately not asgiref's default single thread-sensitive thread: one slow hook would stall every
 other sync call of the app (Django runs its sync views there) and hooks for different trades could not
 progress in parallel.
@@ -19,11 +19,12 @@ progress in parallel.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..callbacks.answers import INTERNAL_ERROR, TOO_LARGE, precheck
 from ..protocols.helper import RequestOrigin
-from .drive import run_flow_in_thread
+from .drive import run_flow_async
 from .port import FrontPort, check_port, warn_about_mount
 
 Scope = MutableMapping[str, Any]
@@ -89,8 +90,11 @@ class AlipayASGIMiddleware:
         scope["alipay"] = self._helper(alipay, scope, asgi_origin, asgi_client)
         if path == self._return_path:
             flow = alipay.return_flow(scope["method"], scope.get("query_string", b""))
-            scope["alipay.return"] = await run_flow_in_thread(flow, None, alipay.executor)
+            scope["alipay.return"] = await run_flow_async(flow, None, self._pool)
         return await self.app(scope, receive, send)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        return self.alipay.executor
 
     async def _notify(self, scope: Scope, receive: Receive, send: Send) -> None:
         max_body = self.alipay.max_body
@@ -104,7 +108,7 @@ class AlipayASGIMiddleware:
                 answer = TOO_LARGE
             else:
                 flow = self.alipay.notify_flow(body, _header(scope, b"content-type"))
-                answer = await run_flow_in_thread(flow, INTERNAL_ERROR, self.alipay.executor)
+                answer = await run_flow_async(flow, INTERNAL_ERROR, self._pool)
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         headers.append((b"content-length", str(len(answer.body)).encode("ascii")))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
