@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -45,16 +45,33 @@ from urllib.parse import quote_plus
 from _shared import APP_ID, SELLER_ID, print_table, typical_notify_fields
 
 import alipay_middleware
-from alipay_middleware.errors import LedgerUnavailable
-from alipay_middleware.events import PaymentEvent
-from alipay_middleware.ledger import DONE, Ledger
-from alipay_middleware.ledger.rows import COLUMNS, EPOCH, TIMESTAMPTZ, RowMapping
-from alipay_middleware.ledger.sqlite import SQLiteLedger
+from alipay_middleware import LedgerUnavailable, PaymentEvent
+from alipay_middleware.ledger import DONE, Ledger, SQLiteLedger
 
 FAKE_SIGN = "A" * 344  # a 2048-bit RSA signature's length in base64; nothing verifies it here
 PG_URL = os.environ.get("ALIPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 FILL_CHUNK = 5_000
 TAIL = 10  # batches averaged at the start and at the end of a prune
+#: The ledger table's columns but id (checked against the table), in the order of the values below.
+COLUMNS = (
+    "dedupe_key", "trade_key", "kind", "status", "out_trade_no", "trade_no", "trade_status", "notify_id",
+    "charset", "raw_body", "fields", "reason", "error", "attempts", "received_at", "updated_at",
+    "lease_owner", "lease_until",
+)
+Moment = Callable[[datetime], Any]  # a time as the table stores it
+
+
+def epoch(moment: datetime) -> float:  # SQLite: epoch seconds
+    return moment.timestamp()
+
+
+def as_is(moment: datetime) -> datetime:  # PostgreSQL: timestamptz
+    return moment
+
+
+def check_columns(found: list[str]) -> None:
+    if set(found) - {"id"} != set(COLUMNS):
+        raise SystemExit(f"the ledger's table has other columns than this script writes: {found}")
 
 
 def notification(n: int) -> tuple[dict[str, str], bytes]:
@@ -62,13 +79,13 @@ def notification(n: int) -> tuple[dict[str, str], bytes]:
     return fields, "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in fields.items()).encode()
 
 
-def row(n: int, at: datetime, mapping: RowMapping) -> tuple[Any, ...]:
+def row(n: int, at: datetime, moment: Moment) -> tuple[Any, ...]:
     """Event ``n`` as the values of COLUMNS, as the ledger stores a done page-pay notification."""
     fields, body = notification(n)
     trade = f"{APP_ID}:{fields['out_trade_no']}"
     return (f"paid:{trade}", trade, "paid", DONE, fields["out_trade_no"], fields["trade_no"], "TRADE_SUCCESS",
             fields["notify_id"], "utf-8", body, json.dumps(fields, ensure_ascii=False, sort_keys=True), None, None,
-            1, mapping.to_column(at), mapping.to_column(at + timedelta(seconds=1)), None, None)
+            1, moment(at), moment(at + timedelta(seconds=1)), None, None)
 
 
 def event(n: int) -> tuple[PaymentEvent, bytes]:
@@ -81,10 +98,10 @@ def event(n: int) -> tuple[PaymentEvent, bytes]:
         app_id=APP_ID, seller_id=SELLER_ID, raw=fields), body
 
 
-def chunks(n: int, mapping: RowMapping) -> Iterator[list[tuple[Any, ...]]]:
+def chunks(n: int, moment: Moment) -> Iterator[list[tuple[Any, ...]]]:
     old = datetime.now(timezone.utc) - timedelta(days=30)
     for first in range(0, n, FILL_CHUNK):
-        yield [row(i, old + timedelta(milliseconds=i), mapping) for i in range(first, min(n, first + FILL_CHUNK))]
+        yield [row(i, old + timedelta(milliseconds=i), moment) for i in range(first, min(n, first + FILL_CHUNK))]
 
 
 # -- the two backends ------------------------------------------------------------------------------------
@@ -115,8 +132,9 @@ class SQLite(Backend):
         self.open().close()  # the schema (and pragmas) of the version under test
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA synchronous=OFF")
+        check_columns([found[1] for found in db.execute("PRAGMA table_info(alipay_events)")])
         insert = f"INSERT INTO alipay_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-        for rows in chunks(n, EPOCH):
+        for rows in chunks(n, epoch):
             db.execute("BEGIN")
             db.executemany(insert, rows)
             db.execute("COMMIT")
@@ -153,7 +171,10 @@ class Postgres(Backend):
 
         self.open().close()
         with psycopg.connect(self.url, autocommit=True) as conn:
-            for rows in chunks(n, TIMESTAMPTZ):
+            check_columns([found[0] for found in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+                (self.table,))])
+            for rows in chunks(n, as_is):
                 with conn.transaction(), conn.cursor() as cur, \
                         cur.copy(f"COPY {self.table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                     for values in rows:
