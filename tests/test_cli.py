@@ -696,7 +696,7 @@ def test_prune_works_in_batches(ledger: Ledger):
                         out_trade_no=f"B{n}", trade_no="", trade_status="TRADE_SUCCESS", notify_id="", charset="utf-8",
                         raw_body=b"x", fields={"subject": "s", "out_trade_no": f"B{n}"}, reason=None, error=None,
                         attempts=1, received_at=days_ago(9), updated_at=days_ago(9)) for n in range(count)]
-    assert sqlite_module._PRUNE_BATCH == 500
+    assert sqlite_module.PRUNE_BATCH == 500
     assert ledger.import_events(rows) == (count, 0)
     assert ledger.prune(days_ago(2)) == count
     assert all(e.raw_body is None and e.fields == {"out_trade_no": e.out_trade_no} for e in ledger.export())

@@ -41,6 +41,9 @@ PRUNE_KEEP = (
     "gmt_payment", "gmt_refund", "gmt_close",
 )
 
+#: How many done events :meth:`Ledger.prune` looks at per transaction, by default.
+PRUNE_BATCH: Final = 500
+
 #: What :meth:`Ledger.claim` found: the lease is the caller's now, the event is done, or it (or its trade) is leased.
 ClaimState = Literal["claimed", "done", "busy"]
 CLAIMED: Final = "claimed"
@@ -162,12 +165,16 @@ class Ledger(ABC):
 
     # -- the operator's tools: not abstract, so that ledgers written before them keep working --------
 
-    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+    def prune(self, before: datetime, *, dry_run: bool = False, batch: int = PRUNE_BATCH,
+              progress: Callable[[int], None] | None = None) -> int:
         """Drop the raw body and all fields but :data:`PRUNE_KEEP` of ``done`` events last updated before
         ``before`` (an aware datetime); their rows, keys and statuses stay, so dedupe holds forever.
 
         Returns how many events were pruned (with ``dry_run``: would be). Already pruned events do not
-        count again.
+        count again. The built-in ledgers walk the done events in id order, ``batch`` of them per short
+        transaction, from a cursor that only moves forward: a batch costs the same however large the ledger
+        is or how much of it was pruned already. ``progress(pruned_so_far)`` is called after each batch
+        that pruned something, outside any transaction.
         """
         raise _lacks(self, "prune", "prune")
 

@@ -21,8 +21,8 @@ in every transaction that takes more than one lock, so claims cannot deadlock ea
 
 The operator's tools keep to that order. ``import_events`` takes the trade locks of its batch first, in
 ascending key order (a claim holds at most one, so no cycle), then inserts the rows; ``prune`` takes no
-trade lock and only row locks of ``done`` events, in ``id`` order, a batch per transaction; ``export``
-only reads.
+trade lock and only row locks of old ``done`` events, a batch per transaction, skipping (``SKIP LOCKED``)
+rather than waiting for a row another transaction holds; ``export`` only reads.
 
 A claim is one call of the table's function ``<table>_claim_v1`` (created with the table), which takes
 those two locks and writes in a single round trip; ``finish``, ``fail`` and ``reject`` are single
@@ -84,6 +84,7 @@ from .base import (
     DONE,
     FAILED,
     FOREIGN_PREFIX,
+    PRUNE_BATCH,
     PRUNE_KEEP,
     RECEIVED,
     REJECTED,
@@ -108,7 +109,7 @@ _INDEXES = {  # suffix -> columns
     "order": ("out_trade_no",),
     "received": ("received_at",),
 }
-_PRUNE_BATCH = 500
+_BEFORE_FIRST_ID = -(2**63)  # where prune's walk starts
 
 
 class ConnectionPoolLike(Protocol):
@@ -536,19 +537,31 @@ class PostgresLedger(Ledger):
 
     # -- the operator's tools ---------------------------------------------------------------------
 
-    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+    def prune(self, before: datetime, *, dry_run: bool = False, batch: int = PRUNE_BATCH,
+              progress: Callable[[int], None] | None = None) -> int:
+        """See :meth:`Ledger.prune`. Each batch is one statement, its own transaction: it locks only rows of
+        old ``done`` events, which no live notification writes (a resend of one is answered from a read),
+        and skips a row another transaction holds instead of waiting for it (a later prune takes it)."""
         cutoff = check_aware(before)
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch!r}")
         if dry_run:
             with self._tx(single=True) as cur:
                 (count,) = _one(cur.execute(self._q.count_prunable, (DONE, cutoff)))
             return int(count)
         pruned = 0
-        while True:  # short transactions: resends of the events being pruned are not kept waiting
+        after = _BEFORE_FIRST_ID
+        while True:
             with self._tx(single=True) as cur:
-                batch = cur.execute(self._q.prune, (list(PRUNE_KEEP), DONE, cutoff, _PRUNE_BATCH)).rowcount
-            pruned += batch
-            if batch < _PRUNE_BATCH:
+                seen, last, done = _one(cur.execute(self._q.prune, (DONE, after, batch, DONE, after, cutoff,
+                                                                    list(PRUNE_KEEP))))
+            if done:
+                pruned += done
+                if progress is not None:
+                    progress(pruned)
+            if seen < batch:
                 return pruned
+            after = last
 
     def export(self, batch: int = 500) -> Iterator[StoredEvent]:
         after = 0

@@ -33,6 +33,7 @@ from .base import (
     DONE,
     FAILED,
     FOREIGN_PREFIX,
+    PRUNE_BATCH,
     PRUNE_KEEP,
     RECEIVED,
     REJECTED,
@@ -47,7 +48,13 @@ from .rows import COLUMNS, EPOCH, event_row
 from .statements import load_statements
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_PRUNE_BATCH = 500
+#: Below any id: where prune's walk starts.
+_BEFORE_FIRST_ID = -(2**63)
+#: The shortest pause between two prune batches that wrote (seconds): longer than the first sleeps of
+#: SQLite's busy handler (1, 2, 5 ms), so a writer kept waiting by a short batch gets in before the next.
+_PRUNE_PAUSE = 0.01
+_pause = time.sleep
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 
 
 def _early(row: tuple[Any, ...] | None, now: float) -> Claim | None:
@@ -116,6 +123,7 @@ class SQLiteLedger(Ledger):
         self._connections: list[tuple[int, threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._q = _Queries(table)
+        self._incremental = False
         if not self._memory:
             _prepare_file(path)
         try:
@@ -144,6 +152,11 @@ class SQLiteLedger(Ledger):
                              check_same_thread=False)
         try:
             if not self._memory:
+                if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    # A new, empty file: incremental auto-vacuum, which a database can only take before
+                    # its first page is written (switching to WAL writes it), so that prune gives the pages
+                    # it frees back to the file system. An existing file keeps its mode (README: Maintenance).
+                    db.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 self._wal(db)
             db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error:
@@ -218,6 +231,7 @@ class SQLiteLedger(Ledger):
     def _create_schema(self, db: sqlite3.Connection) -> None:
         for statement in load_statements("sqlite_schema").values():
             db.execute(statement.format(table=self.table))
+        self._incremental = db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL
 
     # -- the interface -----------------------------------------------------------------------------
 
@@ -356,19 +370,44 @@ class SQLiteLedger(Ledger):
 
     # -- the operator's tools ---------------------------------------------------------------------
 
-    def prune(self, before: datetime, *, dry_run: bool = False) -> int:
+    def prune(self, before: datetime, *, dry_run: bool = False, batch: int = PRUNE_BATCH,
+              progress: Callable[[int], None] | None = None) -> int:
+        """See :meth:`Ledger.prune`. Each page of ``batch`` done events is read without the write lock; only
+        a page holding events to prune takes it, for one ``UPDATE`` on that page's id range. SQLite has one
+        writer, so a live notification's claim waits for at most that one batch: after each commit the
+        prune pauses for as long as the batch held the lock (at least ``_PRUNE_PAUSE``), longer than a
+        waiting writer's busy-handler sleeps, so the waiter gets the lock before the next batch. In a ledger
+        made with incremental auto-vacuum, each batch also gives the pages it freed back to the file system."""
         cutoff = check_aware(before).timestamp()
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch!r}")
         if dry_run:
             with self._tx(write=False) as db:
                 (count,) = db.execute(self._q.count_prunable, (DONE, cutoff)).fetchone()
             return int(count)
         pruned = 0
-        while True:  # short transactions: resends of the events being pruned are not kept waiting
-            with self._tx() as db:
-                batch = db.execute(self._q.prune, (*PRUNE_KEEP, DONE, cutoff, _PRUNE_BATCH)).rowcount
-            pruned += batch
-            if batch < _PRUNE_BATCH:
+        after = _BEFORE_FIRST_ID
+        while True:
+            with self._tx(write=False) as db:
+                seen, last, ready = db.execute(self._q.prune_page, (cutoff, DONE, after, batch)).fetchone()
+            if ready:
+                started = time.monotonic()
+                with self._tx() as db:
+                    rows = db.execute(self._q.prune_rows, (*PRUNE_KEEP, DONE, after, last, cutoff)).fetchall()
+                    db.execute(self._q.prune_delete, (DONE, after, last, cutoff))
+                    db.executemany(self._q.prune_insert, rows)
+                    pruned += len(rows)
+                    if self._incremental:
+                        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+                        for _ in range(free):  # each run of the pragma through sqlite3 frees one page
+                            db.execute("PRAGMA incremental_vacuum(1)")
+                held = time.monotonic() - started
+                if progress is not None:
+                    progress(pruned)
+                _pause(max(held, _PRUNE_PAUSE))  # a writer that queued behind this batch goes first
+            if seen < batch:
                 return pruned
+            after = last
 
     def export(self, batch: int = 500) -> Iterator[StoredEvent]:
         after = 0
@@ -403,8 +442,12 @@ class _Queries:
 
     def __init__(self, table: str) -> None:
         bare = {"raw_body": "NULL", "fields": "'{}'"}
-        names = {"table": table, "columns": ", ".join(COLUMNS), "keep": ", ".join("?" * len(PRUNE_KEEP)),
-                 "bare": ", ".join(bare.get(name, name) for name in COLUMNS)}
+        keep = ", ".join("?" * len(PRUNE_KEEP))
+        kept = f"(SELECT json_group_object(key, value) FROM json_each({table}.fields) WHERE key IN ({keep}))"
+        pruned = {"raw_body": "NULL", "fields": kept}
+        names = {"table": table, "columns": ", ".join(COLUMNS),
+                 "bare": ", ".join(bare.get(name, name) for name in COLUMNS),
+                 "pruned": ", ".join(pruned.get(name, name) for name in COLUMNS)}
         q = {name: text.format(**names) for name, text in load_statements("sqlite_queries").items()}
         self.claim_read = q["claim_read"]
         self.trade_lease = q["trade_lease"]
@@ -421,7 +464,10 @@ class _Queries:
         self.select_page_bare = q["select_page_bare"]
         self.get = q["get"]
         self.count_prunable = q["count_prunable"]
-        self.prune = q["prune"]
+        self.prune_page = q["prune_page"]
+        self.prune_rows = q["prune_rows"]
+        self.prune_delete = q["prune_delete"]
+        self.prune_insert = q["prune_insert"]
         self.export = q["export"]
         self.insert_stored = q["insert_stored"]
 

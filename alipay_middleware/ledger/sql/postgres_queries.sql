@@ -73,12 +73,26 @@ SELECT {selected} FROM {table} WHERE false;
 SELECT count(*) FROM {table} WHERE status = %s AND updated_at < %s AND raw_body IS NOT NULL;
 
 -- name: prune
--- A batch of done events loses its raw body and every field but those named (base.PRUNE_KEEP).
-UPDATE {table} AS e SET raw_body = NULL,
-    fields = COALESCE((SELECT jsonb_object_agg(f.key, f.value) FROM jsonb_each(e.fields) AS f WHERE f.key = ANY(%s)),
-                      '{{}}'::jsonb)
-WHERE e.id IN (SELECT id FROM {table} WHERE status = %s AND updated_at < %s AND raw_body IS NOT NULL
-               ORDER BY id LIMIT %s FOR UPDATE);
+-- One page of prune's walk: up to %s done events after the cursor id, in id order on the (status, id)
+-- index, so that a page costs the same however many events were pruned before it or remain after it.
+-- Those last updated before the cutoff lose their raw body and every field but those named
+-- (base.PRUNE_KEEP); a row another transaction has locked is skipped, never waited for (the next prune
+-- takes it). Answers how many events the page held, its last id, and how many were pruned.
+WITH page AS (
+    SELECT id FROM {table} WHERE status = %s AND id > %s ORDER BY id LIMIT %s
+), ready AS (
+    SELECT e.id FROM {table} AS e
+    WHERE e.status = %s AND e.id > %s AND e.id <= (SELECT max(page.id) FROM page) AND e.updated_at < %s
+        AND e.raw_body IS NOT NULL
+    FOR UPDATE SKIP LOCKED
+), pruned AS (
+    UPDATE {table} AS e SET raw_body = NULL,
+        fields = COALESCE((SELECT jsonb_object_agg(f.key, f.value) FROM jsonb_each(e.fields) AS f
+                           WHERE f.key = ANY(%s)), '{{}}'::jsonb)
+    FROM ready WHERE e.id = ready.id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM page), (SELECT max(id) FROM page), (SELECT count(*) FROM pruned);
 
 -- name: export
 SELECT id, {selected} FROM {table} WHERE id > %s ORDER BY id LIMIT %s;

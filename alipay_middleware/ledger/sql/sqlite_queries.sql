@@ -1,6 +1,7 @@
 -- The SQLite ledger's statements (alipay_middleware.ledger.sqlite), filled in once per ledger with
 -- str.format: {table} is the table's name (a plain identifier the ledger has checked), {columns} every
--- column but id in the order of ledger/rows.py's COLUMNS, {keep} one ? for each of base.PRUNE_KEEP.
+-- column but id in the order of ledger/rows.py's COLUMNS, {pruned} the same as a pruned row holds them
+-- (raw_body NULL, fields reduced to one ? parameter for each of base.PRUNE_KEEP).
 -- Values are ? parameters; a new event's first eleven are rows.event_row(). Times are epoch seconds.
 -- See alipay_middleware/ledger/statements.py for the format.
 
@@ -63,12 +64,26 @@ SELECT {columns} FROM {table} WHERE dedupe_key = ?;
 -- name: count_prunable
 SELECT count(*) FROM {table} WHERE status = ? AND updated_at < ? AND raw_body IS NOT NULL;
 
--- name: prune
--- A batch of done events loses its raw body and every field but those named (base.PRUNE_KEEP).
-UPDATE {table} SET raw_body = NULL,
-    fields = (SELECT json_group_object(key, value) FROM json_each({table}.fields) WHERE key IN ({keep}))
-WHERE id IN (SELECT id FROM {table} WHERE status = ? AND updated_at < ? AND raw_body IS NOT NULL
-             ORDER BY id LIMIT ?);
+-- name: prune_page
+-- The next page of prune's walk: up to ? done events after the cursor id, in id order on the (status, id)
+-- index, so that a page costs the same however many events were pruned before it or remain after it.
+-- Answers how many it holds, its last id, and how many of them are old enough and still have a body.
+SELECT count(*), max(id), coalesce(sum(updated_at < ? AND raw_body IS NOT NULL), 0)
+FROM (SELECT id, updated_at, raw_body FROM {table} WHERE status = ? AND id > ? ORDER BY id LIMIT ?);
+
+-- name: prune_rows
+-- One page (status, id above the cursor and up to its last id): its done events last updated before the
+-- cutoff, as they are once pruned ({pruned}: no raw body, only the fields named in base.PRUNE_KEEP).
+SELECT id, {pruned} FROM {table}
+WHERE status = ? AND id > ? AND id <= ? AND updated_at < ? AND raw_body IS NOT NULL;
+
+-- name: prune_delete
+-- The same rows, deleted to be written back by prune_insert in the same transaction: SQLite merges the
+-- pages a delete empties, where an UPDATE that shrinks a row leaves its page as full as it was on disk.
+DELETE FROM {table} WHERE status = ? AND id > ? AND id <= ? AND updated_at < ? AND raw_body IS NOT NULL;
+
+-- name: prune_insert
+INSERT INTO {table} (id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: export
 SELECT id, {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT ?;
