@@ -556,6 +556,42 @@ def test_prune_drops_old_raw_bodies_keeps_keys_and_a_resend_is_still_acknowledge
     assert [event.out_trade_no for event in shop.paid.calls] == ["T1", "T3"]
 
 
+def test_prune_in_batches_counts_on_a_terminal_only(shop: Shop):
+    import pty
+
+    keys = [shop.pay(out_trade_no)[1] for out_trade_no in ORDERS]
+    for key in keys:
+        execute(shop.ledger, "UPDATE {t} SET updated_at = ? WHERE dedupe_key = ?",
+                (moment(shop.ledger, days_ago(10)), key))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    environment.pop("ALIPAY_LEDGER", None)
+    primary, secondary = pty.openpty()
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "alipay_middleware", "prune", "--older-than-days", "7",
+                                  "--yes", "--batch", "3", "--ledger", shop.url],
+                                 stdout=subprocess.PIPE, stderr=secondary, env=environment)
+        os.close(secondary)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        out = child.communicate(timeout=120)[0].decode()
+    finally:
+        os.close(primary)
+    assert child.returncode == 0 and out.startswith("pruned 4 done events"), (out, terminal)
+    # Batches of 3: the count after each of the two batches, then the line ends.
+    assert terminal == b"\rpruned 3 events so far\rpruned 4 events so far\r\n", terminal
+    assert all(shop.ledger.get(key).raw_body is None for key in keys)  # type: ignore[union-attr]
+
+    refused = run_cli("prune", "--older-than-days", "7", "--yes", "--batch", "0", "--ledger", shop.url)
+    assert refused.returncode == 2 and "--batch must be at least 1" in refused.stderr
+
+
 @pytest.mark.parametrize("days", ["1", "0", "-5"])
 def test_prune_refuses_less_than_two_days(tmp_path: Path, days: str):
     SQLiteLedger(str(tmp_path / "ledger.sqlite3")).close()

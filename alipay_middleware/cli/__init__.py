@@ -23,6 +23,7 @@ from typing import Any
 from ..alipay import RECONCILE_CONCURRENCY
 from ..errors import AlipayError
 from ..ledger import DONE, FAILED, RECEIVED, REJECTED
+from ..ledger.base import PRUNE_BATCH
 from .admin import MIN_PRUNE_DAYS, cmd_keygen, cmd_migrate, cmd_prune, cmd_schema
 from .base import LEDGER_HELP, PROG, CliError
 from .events import cmd_list, cmd_replay, cmd_show
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--older-than-days", type=int, required=True, metavar="N",
                        help=f"at least {MIN_PRUNE_DAYS}: Alipay resends for about 25 hours")
     prune.add_argument("--yes", action="store_true", help="prune (without it: count only)")
+    prune.add_argument("--batch", type=int, default=PRUNE_BATCH, metavar="N",
+                       help=f"events per short transaction (default {PRUNE_BATCH}); on a terminal a progress "
+                            "line counts the events pruned")
 
     schema = command(
         "schema", cmd_schema, "print (or apply) the PostgreSQL DDL",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from ..ledger import (
@@ -17,11 +19,25 @@ from .output import emit, when
 MIN_PRUNE_DAYS = 2
 
 
+def _progress_line() -> Callable[[int], None] | None:
+    """A count of the events pruned so far on the operator's terminal, rewritten in place after each batch;
+    nothing when stderr is not a terminal (cron, a pipe), whose output stays the one final line."""
+    if not sys.stderr.isatty():
+        return None
+
+    def progress(pruned: int) -> None:
+        sys.stderr.write(f"\rpruned {pruned} events so far")
+        sys.stderr.flush()
+
+    return progress
+
 
 def cmd_prune(args: argparse.Namespace) -> int:
     if args.older_than_days < MIN_PRUNE_DAYS:
         raise CliError(f"--older-than-days must be at least {MIN_PRUNE_DAYS}: Alipay resends a notification for "
                        "about 25 hours, and its raw body is the evidence while it does")
+    if args.batch < 1:
+        raise CliError(f"--batch must be at least 1, not {args.batch}")
     before = datetime.now(timezone.utc) - timedelta(days=args.older_than_days)
     with opened(ledger_url(args)) as ledger:
         if not args.yes:
@@ -29,7 +45,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
             emit(f"{count} done events last updated before {when(before)} would be pruned: their raw bodies "
                  "and buyer fields dropped; keys, statuses, ids and amounts kept. Run again with --yes to prune.")
             return 0
-        count = ledger.prune(before)
+        count = ledger.prune(before, batch=args.batch, progress=_progress_line())
+    if sys.stderr.isatty() and count:
+        sys.stderr.write("\n")
     emit(f"pruned {count} done events last updated before {when(before)}")
     return 0
 
