@@ -189,6 +189,22 @@ def test_message_without_seller_id_is_400_when_seller_id_is_configured(shop):
     assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
 
 
+def test_legacy_message_without_seller_id_is_400_when_seller_id_is_configured(make_legacy, mount, gateway_stub):
+    # The legacy twin of the test above (seller_id defaults to the partner id): a message that leaves seller_id
+    # out must not pass for one addressed to this seller.
+    alipay = make_legacy(orders={"L1": "9.90"})
+    assert alipay.config.seller_id is not None
+    paid = Recorder()
+    alipay.on_paid(paid)
+    client = mount(alipay)
+    fields = legacy_fields("L1", "9.90", seller_id=None)
+    gateway_stub.issue(fields["notify_id"])
+    assert_fail(client.request("POST", NOTIFY, legacy_body(fields)), 400)
+    assert paid.calls == []
+    [stored] = alipay.ledger.events()
+    assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
+
+
 # -- 5. SQLite claims take the write lock first (BEGIN IMMEDIATE) ------------------------------------------------
 
 def test_two_sqlite_connections_claiming_one_event_interleaved_give_one_claimed_and_one_busy(tmp_path, monkeypatch):
