@@ -64,9 +64,9 @@ _SIGNING = ["test_vectors.py", "test_mutants.py", "test_pay_and_return.py", "tes
             "test_response.py", "test_properties.py", "test_legacy.py"]
 _OPENAPI = ["test_flows.py", "test_mutants.py", "test_vectors.py", "test_pay_and_return.py", "test_config.py",
             "test_return_replay.py", "test_reconcile.py", "test_notify.py", "test_properties.py",
-            "test_cert_mode.py"]
+            "test_cert_mode.py", "test_newcomer.py"]
 _LEGACY = ["test_mutants.py", "test_origin_verdict.py", "test_legacy_requests.py", "test_legacy.py",
-           "test_legacy_client.py", "test_properties.py"]
+           "test_legacy_client.py", "test_properties.py", "test_newcomer.py"]
 _SQLITE = ["test_mutants.py", "test_ledger_contract.py", "test_ledger_costs.py", "test_ledger_file_mode.py",
            "test_ledger_secrets.py", "test_exactly_once.py", "test_notify.py"]
 _POSTGRES = ["test_mutants.py", "test_ledger_contract.py", "test_ledger_sql.py", "test_ledger_postgres.py",
@@ -76,11 +76,12 @@ _CLIENT = ["test_mutants.py", "test_client.py", "test_outbound.py", "test_gatewa
 
 TESTS: dict[str, list[str]] = {
     "callbacks/alerts.py": ["test_newcomer.py", "test_notify.py"],
-    "callbacks/answers.py": ["test_answer_table.py", "test_flows.py", "test_notify.py"],
+    "callbacks/answers.py": ["test_answer_table.py", "test_flows.py", "test_content_length.py", "test_notify.py"],
     "callbacks/confirm.py": ["test_flows.py", "test_pay_and_return.py", "test_reconcile.py",
                              "test_legacy_client.py", "test_return_replay.py"],
-    "callbacks/flow.py": _FLOW,
-    "callbacks/memory.py": ["test_flows.py", "test_return_replay.py", "test_hosts.py", "test_legacy.py"],
+    "callbacks/flow.py": [*_FLOW, "test_newcomer.py"],
+    "callbacks/memory.py": ["test_flows.py", "test_mutants.py", "test_return_replay.py", "test_hosts.py",
+                            "test_legacy.py"],
     "callbacks/ports.py": ["test_flows.py", "test_hosts.py", "test_config.py", "test_notify.py"],
     "callbacks/process.py": _FLOW,
     "callbacks/steps.py": ["test_flows.py", "test_notify.py"],
@@ -125,6 +126,8 @@ class Mutant:
     name: str = ""  # named mode: what the mutant is (from named.toml)
     n: int = 0  # the how-manieth mutant of this kind on this line
     tests: tuple[str, ...] = ()  # named mode: test files, when not the module's own list
+    scope: str = ""  # the enclosing function (Class.method), "" at module level
+    after: str = ""  # the line before, stripped
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -169,6 +172,7 @@ class _Generator:
         self.lines = source.split("\n")
         self.found: list[Mutant] = []
         self.seen: set[tuple[int, str]] = set()
+        self.scope: list[str] = []
 
     # spans are (line, start byte, end byte) on one line: ast's offsets count UTF-8 bytes
     def _text(self, line: int, start: int, end: int) -> str:
@@ -188,7 +192,8 @@ class _Generator:
             return
         self.seen.add((line, mutated))
         n = sum(m.line == line and m.kind == kind for m in self.found)
-        self.found.append(Mutant(self.path, line, kind, raw, mutated, n=n))
+        self.found.append(Mutant(self.path, line, kind, raw, mutated, n=n, scope=".".join(self.scope),
+                                 after=self.lines[line - 2].strip() if line > 1 else ""))
 
     def _between(self, left: ast.expr, right: ast.expr, pattern: str, new: str, kind: str) -> None:
         """Replace the operator token between two operands that end and start on one line."""
@@ -232,10 +237,14 @@ class _Generator:
             for default in [*node.args.defaults, *node.args.kw_defaults]:
                 if default is not None:
                     self._expr(default)
+            self.scope.append(node.name)
             self._body(node.body)
+            self.scope.pop()
             return
         if isinstance(node, ast.ClassDef):
+            self.scope.append(node.name)
             self._body(node.body)
+            self.scope.pop()
             return
         if isinstance(node, ast.Expr):
             if _is_log_call(node.value):
@@ -375,9 +384,20 @@ def _toml_entries(name: str) -> list[dict[str, object]]:
     return entries
 
 
-def load_equivalent() -> dict[tuple[str, str, str], str]:
-    return {(str(e["file"]), str(e["line"]).strip(), str(e["mutated"]).strip()): str(e["reason"])
-            for e in _toml_entries("equivalent.toml")}
+def load_equivalent() -> list[dict[str, object]]:
+    return _toml_entries("equivalent.toml")
+
+
+def equivalent_reason(mutant: Mutant, entries: list[dict[str, object]]) -> str | None:
+    """Why ``mutant`` is equivalent, if an entry matches it: file, line text, mutated text, and the enclosing
+    function (``scope``) and the line before (``after``, stripped) when the entry names them: for a line that
+    occurs more than once."""
+    for entry in entries:
+        key = (str(entry["file"]), str(entry["line"]).strip(), str(entry["mutated"]).strip())
+        if key == mutant.key and entry.get("scope", mutant.scope) == mutant.scope \
+                and entry.get("after", mutant.after) == mutant.after:
+            return str(entry["reason"])
+    return None
 
 
 def load_named() -> tuple[list[Mutant], list[str]]:
@@ -473,11 +493,13 @@ class Runner:
                 pass
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def prepare(self, mutants: list[Mutant]) -> None:
+    def prepare(self, mutants: list[Mutant], baseline: bool = True) -> None:
         for index in range(self.jobs):
             workdir = self.base / f"job{index}"
             _copy_checkout(workdir)
             self.workdirs.append(workdir)
+        if not baseline:
+            return
         # The unmutated tests must pass (a survivor means "the tests pass with the mutant as without it"). One
         # run of every file involved; each file's time (from the JUnit report) sets its mutants' timeout.
         files = sorted({t for m in mutants for t in tests_for(m)})
@@ -493,6 +515,8 @@ class Runner:
     def timeout(self, tests: list[str]) -> float:
         if self.fixed_timeout is not None:
             return self.fixed_timeout
+        if not self.file_seconds:
+            return 600.0
         return 3 * sum(self.file_seconds.get(t, 0.0) + 2 for t in tests) + 30
 
     def run(self, mutants: list[Mutant]) -> list[Result]:
@@ -592,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the mutants, run nothing")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default: 3 x the tests' own time + 30)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the unmutated run (quick reruns of a few mutants; timeout 600 s unless --timeout)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "last.json",
                         help="the results file (default tests/mutation/results/last.json; a .jsonl beside it "
                              "grows as mutants finish)")
@@ -613,8 +639,9 @@ def main(argv: list[str] | None = None) -> int:
         mutants = [m for module in modules for m in generate(module)]
     if args.ids:
         mutants = [m for m in mutants if m.ident in args.ids or f"{m.path}:{m.line}" in args.ids]
-    skipped = [(m, equivalents[m.key]) for m in mutants if m.key in equivalents]
-    mutants = [m for m in mutants if m.key not in equivalents]
+    reasons = {m: equivalent_reason(m, equivalents) for m in mutants}
+    skipped = [(m, why) for m, why in reasons.items() if why is not None]
+    mutants = [m for m in mutants if reasons[m] is None]
     if args.sample is not None and args.sample < len(mutants):
         mutants = sorted(random.Random(args.seed).sample(mutants, args.sample), key=lambda m: (m.path, m.line))
 
@@ -631,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args.jobs, args.timeout, args.out)
     started = time.monotonic()
     try:
-        runner.prepare(mutants)
+        runner.prepare(mutants, baseline=not args.no_baseline)
         results = runner.run(mutants)
     finally:
         runner.close()
