@@ -21,6 +21,7 @@ import pytest
 
 from alipay_middleware.callbacks.memory import VerifiedIds
 from alipay_middleware.ledger import BUSY, CLAIMED, DONE, RECEIVED, REJECTED, Claim, Ledger, SQLiteLedger, open_ledger
+from alipay_middleware.protocols.openapi import pay_biz
 from conftest import (
     APP_ID,
     MD5_KEY,
@@ -480,3 +481,17 @@ def test_sqlite_ledger_opening_while_another_connection_locks_the_file_waits_and
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     ledger.close()
+
+
+@pytest.mark.parametrize("subject", ["茶" * 256, "x" * 256])
+def test_a_subject_of_256_characters_is_the_longest_taken(subject):
+    # pay_biz: the biz_content of every pay request (page, wap, ...), checked before anything is signed
+    assert pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject, {})["subject"] == subject
+    with pytest.raises(ValueError, match="at most 256"):
+        pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject + subject[0], {})
+
+
+@pytest.mark.parametrize("subject", ["", "   ", 5, None], ids=["empty", "blank", "int", "none"])
+def test_an_empty_blank_or_non_str_subject_is_refused(subject):
+    with pytest.raises(ValueError, match="subject must be a non-empty str"):
+        pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject, {})
