@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from Crypto.PublicKey import RSA
 
 from alipay_middleware.callbacks.memory import VerifiedIds
 from alipay_middleware.ledger import BUSY, CLAIMED, DONE, RECEIVED, REJECTED, Claim, Ledger, SQLiteLedger, open_ledger
 from alipay_middleware.protocols.openapi import pay_biz
+from alipay_middleware.wire import keys as keys_module
+from alipay_middleware.wire.form import format_amount
+from alipay_middleware.wire.keys import new_key_pair
 from conftest import (
     APP_ID,
     MD5_KEY,
@@ -495,3 +499,21 @@ def test_a_subject_of_256_characters_is_the_longest_taken(subject):
 def test_an_empty_blank_or_non_str_subject_is_refused(subject):
     with pytest.raises(ValueError, match="subject must be a non-empty str"):
         pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject, {})
+
+
+def test_new_key_pair_makes_2048_bits_by_default_and_takes_4096(monkeypatch):
+    private, _public, _line = new_key_pair()
+    assert RSA.import_key(private).size_in_bits() == 2048  # what the Open Platform asks for
+    asked: list[int] = []
+    small = RSA.import_key(private)
+    monkeypatch.setattr(keys_module.RSA, "generate", lambda bits: asked.append(bits) or small)
+    new_key_pair(4096)  # allowed (generating one for real takes seconds: the size asked is what is checked)
+    assert asked == [4096]
+    with pytest.raises(ValueError, match="bits must be"):
+        new_key_pair(4097)
+
+
+@pytest.mark.parametrize("amount", [Decimal("Infinity"), Decimal("-Infinity"), Decimal("NaN")], ids=str)
+def test_a_non_finite_amount_is_refused_by_name(amount):
+    with pytest.raises(ValueError, match="total_amount must be a finite amount"):
+        format_amount(amount)
