@@ -62,7 +62,7 @@ def test_a_new_ledger_is_still_usable_and_not_warned_about(tmp_path: Path, caplo
     assert mode_of(path) == 0o600
 
 
-@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o660, 0o666], ids=oct)
+@pytest.mark.parametrize("loose", [0o644, 0o640, 0o604, 0o660, 0o666, 0o602, 0o620], ids=oct)  # 0o602, 0o620: writable
 def test_an_existing_readable_ledger_is_warned_about(tmp_path: Path, loose: int,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ledger.sqlite3"

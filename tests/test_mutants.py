@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from Crypto.PublicKey import RSA
 
-from alipay_middleware.ledger import BUSY, CLAIMED, DONE, REJECTED, Claim, Ledger, SQLiteLedger, open_ledger
+from alipay_middleware.callbacks.memory import VerifiedIds
+from alipay_middleware.ledger import BUSY, CLAIMED, DONE, RECEIVED, REJECTED, Claim, Ledger, SQLiteLedger, open_ledger
+from alipay_middleware.protocols.openapi import pay_biz
+from alipay_middleware.wire import keys as keys_module
+from alipay_middleware.wire.form import format_amount
+from alipay_middleware.wire.keys import new_key_pair
 from conftest import (
     APP_ID,
     MD5_KEY,
@@ -186,6 +192,22 @@ def test_message_without_seller_id_is_400_when_seller_id_is_configured(shop):
     assert_fail(shop.notify(notify_fields("T1", seller_id=None)), 400)
     assert shop.paid.calls == []
     [stored] = shop.alipay.ledger.events()
+    assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
+
+
+def test_legacy_message_without_seller_id_is_400_when_seller_id_is_configured(make_legacy, mount, gateway_stub):
+    # The legacy twin of the test above (seller_id defaults to the partner id): a message that leaves seller_id
+    # out must not pass for one addressed to this seller.
+    alipay = make_legacy(orders={"L1": "9.90"})
+    assert alipay.config.seller_id is not None
+    paid = Recorder()
+    alipay.on_paid(paid)
+    client = mount(alipay)
+    fields = legacy_fields("L1", "9.90", seller_id=None)
+    gateway_stub.issue(fields["notify_id"])
+    assert_fail(client.request("POST", NOTIFY, legacy_body(fields)), 400)
+    assert paid.calls == []
+    [stored] = alipay.ledger.events()
     assert stored.status == REJECTED and stored.reason == "seller_id_mismatch"
 
 
@@ -360,8 +382,9 @@ def test_base64_signature_with_junk_characters_is_refused(shop, junk):
     assert shop.paid.calls == []
 
 
-def test_busy_answer_for_an_almost_expired_lease_says_retry_after_1(shop, monkeypatch):
-    monkeypatch.setattr(shop.alipay.ledger, "claim", lambda *args, **kwargs: Claim(BUSY, retry_after=0.2))
+@pytest.mark.parametrize("left", [0.2, 0.0])  # 0.0: a custom ledger, or a lease ending as it is read
+def test_busy_answer_for_an_almost_expired_lease_says_retry_after_1(shop, monkeypatch, left):
+    monkeypatch.setattr(shop.alipay.ledger, "claim", lambda *args, **kwargs: Claim(BUSY, retry_after=left))
     response = shop.notify(notify_fields("T1"))
     assert response.status == 503
     assert response.headers["retry-after"] == "1"  # never 0: that would ask for an immediate resend loop
@@ -372,3 +395,125 @@ def test_field_named_x_charset_before_charset_is_not_the_charset(shop):
     assert list(fields)[0] == "x_charset" and fields["charset"] == "utf-8"
     assert_success(shop.notify(fields))
     assert [e.raw["subject"] for e in shop.paid.calls] == ["龙井茶"]
+
+
+# -- found by tests/mutation/mutate.py (the generated mutants) --------------------------------------------------
+
+def test_a_transactional_run_under_another_owners_lease_does_not_run_and_says_so(contract_ledger: Ledger):
+    assert contract_ledger.claim(PAID, BODY, "gbk", "worker-1", 60).state == CLAIMED
+    ran: list[Any] = []
+    try:
+        lost = contract_ledger.run_in_transaction(PAID.key, "worker-2", ran.append)
+    except NotImplementedError:  # pragma: no cover - both built-in ledgers run transactional hooks
+        pytest.fail("the ledger has no transactional hooks")
+    assert lost is False and ran == []
+    stored = contract_ledger.get(PAID.key)
+    assert stored is not None and stored.status == RECEIVED and stored.lease_owner == "worker-1"
+    assert contract_ledger.run_in_transaction(PAID.key, "worker-1", ran.append) is True and len(ran) == 1
+    assert contract_ledger.is_done(PAID.key)
+
+
+def test_a_verified_notify_id_is_remembered_an_hour_and_the_memory_holds_4096():
+    now = [0.0]
+    ids = VerifiedIds(VerifiedIds.NOTIFY_LIFE, clock=lambda: now[0])  # the life Alipay(...) gives notifications
+    ids.remember(("notify", "first"))
+    now[0] = 3599.0  # resends come about 4, 10, 10 and 60 minutes apart: the last is still within the hour
+    assert ids.recall(("notify", "first"))
+    now[0] = 3600.5
+    assert not ids.recall(("notify", "first"))
+    full = VerifiedIds(VerifiedIds.NOTIFY_LIFE, clock=lambda: 0.0)
+    for n in range(4096):
+        full.remember(("notify", str(n)))
+    assert len(full) == 4096 and full.recall(("notify", "0"))
+    full.remember(("notify", "4096"))  # one more: the oldest goes
+    assert len(full) == 4096 and not full.recall(("notify", "0")) and full.recall(("notify", "1"))
+
+
+def test_sqlite_ledger_opening_while_another_connection_locks_the_file_waits_and_switches_to_wal(tmp_path,
+                                                                                              monkeypatch):
+    """A worker opening a ledger file another one is switching to WAL (here: holds locked) finds its pragma
+    refused with "database is locked" at once, without SQLite's busy handler: the ledger tries again until
+    busy_timeout. Forced without timing: the holder lets go only once the pragma is being tried again (with
+    the first refusal raised at once, the opener fails before any second try)."""
+    path = tmp_path / "wal.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")  # an existing file, still in rollback-journal mode
+    path.chmod(0o600)
+    holder.execute("BEGIN IMMEDIATE")  # a write lock: the pragma is refused at once, busy handler or not
+    retried, released = threading.Event(), threading.Event()
+    tries: list[str] = []
+
+    def trace(statement: str) -> None:
+        if threading.current_thread().name == "opener" and "journal_mode" in statement:
+            tries.append(statement)
+            if len(tries) == 2:  # the second try: now let go of the lock
+                retried.set()
+                released.wait(30)
+
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(trace)
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    opened: dict[str, Any] = {}
+
+    def open_it() -> None:
+        try:
+            opened["ledger"] = SQLiteLedger(str(path))
+        except Exception as exc:  # the bug: the first "locked" raised at once
+            opened["error"] = exc
+        finally:
+            retried.set()
+
+    opener = threading.Thread(target=open_it, name="opener")
+    try:
+        opener.start()
+        assert retried.wait(30)
+        holder.execute("COMMIT")
+        released.set()
+        opener.join(30)
+    finally:
+        released.set()
+        monkeypatch.undo()
+        holder.close()
+    assert "error" not in opened, opened
+    ledger = opened["ledger"]
+    assert ledger.claim(PAID, BODY, "gbk", "worker-1", 60).state == CLAIMED
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    ledger.close()
+
+
+@pytest.mark.parametrize("subject", ["茶" * 256, "x" * 256])
+def test_a_subject_of_256_characters_is_the_longest_taken(subject):
+    # pay_biz: the biz_content of every pay request (page, wap, ...), checked before anything is signed
+    assert pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject, {})["subject"] == subject
+    with pytest.raises(ValueError, match="at most 256"):
+        pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject + subject[0], {})
+
+
+@pytest.mark.parametrize("subject", ["", "   ", 5, None], ids=["empty", "blank", "int", "none"])
+def test_an_empty_blank_or_non_str_subject_is_refused(subject):
+    with pytest.raises(ValueError, match="subject must be a non-empty str"):
+        pay_biz("FAST_INSTANT_TRADE_PAY", "T1", "9.90", subject, {})
+
+
+def test_new_key_pair_makes_2048_bits_by_default_and_takes_4096(monkeypatch):
+    private, _public, _line = new_key_pair()
+    assert RSA.import_key(private).size_in_bits() == 2048  # what the Open Platform asks for
+    asked: list[int] = []
+    small = RSA.import_key(private)
+    monkeypatch.setattr(keys_module.RSA, "generate", lambda bits: asked.append(bits) or small)
+    new_key_pair(4096)  # allowed (generating one for real takes seconds: the size asked is what is checked)
+    assert asked == [4096]
+    with pytest.raises(ValueError, match="bits must be"):
+        new_key_pair(4097)
+
+
+@pytest.mark.parametrize("amount", [Decimal("Infinity"), Decimal("-Infinity"), Decimal("NaN")], ids=str)
+def test_a_non_finite_amount_is_refused_by_name(amount):
+    with pytest.raises(ValueError, match="total_amount must be a finite amount"):
+        format_amount(amount)

@@ -448,3 +448,13 @@ def test_property_any_change_inside_the_signed_text_is_rejected(signer, verifier
     tampered = raw[:position] + replacement + raw[position + 1 :]
     with pytest.raises(ResponseError):
         verify_response(tampered, METHOD, verifier)
+
+
+@pytest.mark.parametrize("colon", ["x", "=", ""], ids=["letter", "equals", "none"])
+def test_a_member_whose_name_is_not_followed_by_a_colon_is_malformed(signer, verifier, colon):
+    # found by mutation testing: a scanner that stepped over whatever follows a member's name took
+    # '"extra"x1' for a member, and the signed part beside it verified
+    body = signed_body(signer, '{"code":"10000","msg":"Success"}')
+    assert verify_response(body, METHOD, verifier).verified  # the control
+    spoiled = '{"extra"' + colon + "1," + body[1:]
+    assert reason_of(spoiled, verifier) == "malformed_response"
