@@ -293,6 +293,29 @@ TEST_HOSTS = ["shop.example", "testserver"]
 POSTGRES = os.environ.get("ALIPAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def on_a_terminal(start: Callable[[int], Any]) -> tuple[Any, bytes]:
+    """Run ``start(fd)`` (a process started with ``stderr=fd``) with stderr on a pseudo-terminal: the
+    process, and every byte it wrote to that terminal until it closed its end."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        child = start(secondary)
+        os.close(secondary)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(primary)
+    return child, terminal
+
+
 def postgres_unavailable(reason: str) -> None:
     """Skip with the reason, or fail when CI is set (CI has a PostgreSQL: its tests must run there)."""
     if os.environ.get("CI"):

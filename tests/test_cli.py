@@ -41,7 +41,17 @@ from alipay_middleware.ledger import (
     open_ledger,
     split_table_params,
 )
-from conftest import APP_ID, POSTGRES, SELLER_ID, Recorder, WSGIClient, inner_wsgi, notify_fields, signed_body
+from conftest import (
+    APP_ID,
+    POSTGRES,
+    SELLER_ID,
+    Recorder,
+    WSGIClient,
+    inner_wsgi,
+    notify_fields,
+    on_a_terminal,
+    signed_body,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTIFY = "/alipay/notify"
@@ -557,32 +567,16 @@ def test_prune_drops_old_raw_bodies_keeps_keys_and_a_resend_is_still_acknowledge
 
 
 def test_prune_in_batches_counts_on_a_terminal_only(shop: Shop):
-    import pty
-
     keys = [shop.pay(out_trade_no)[1] for out_trade_no in ORDERS]
     for key in keys:
         execute(shop.ledger, "UPDATE {t} SET updated_at = ? WHERE dedupe_key = ?",
                 (moment(shop.ledger, days_ago(10)), key))
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     environment.pop("ALIPAY_LEDGER", None)
-    primary, secondary = pty.openpty()
-    try:
-        child = subprocess.Popen([sys.executable, "-m", "alipay_middleware", "prune", "--older-than-days", "7",
-                                  "--yes", "--batch", "3", "--ledger", shop.url],
-                                 stdout=subprocess.PIPE, stderr=secondary, env=environment)
-        os.close(secondary)
-        terminal = b""
-        while True:
-            try:
-                chunk = os.read(primary, 4096)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            terminal += chunk
-        out = child.communicate(timeout=120)[0].decode()
-    finally:
-        os.close(primary)
+    child, terminal = on_a_terminal(lambda fd: subprocess.Popen(
+        [sys.executable, "-m", "alipay_middleware", "prune", "--older-than-days", "7", "--yes", "--batch", "3",
+         "--ledger", shop.url], stdout=subprocess.PIPE, stderr=fd, env=environment))
+    out = child.communicate(timeout=120)[0].decode()
     assert child.returncode == 0 and out.startswith("pruned 4 done events"), (out, terminal)
     # Batches of 3: the count after each of the two batches, then the line ends.
     assert terminal == b"\rpruned 3 events so far\rpruned 4 events so far\r\n", terminal

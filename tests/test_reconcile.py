@@ -23,6 +23,7 @@ from conftest import (
     Recorder,
     encode_form,
     notify_fields,
+    on_a_terminal,
     sign_fields,
     signed_body,
 )
@@ -360,26 +361,11 @@ def run_reconcile_cli(keys: Keys, stub: OpenApiGateway, tmp_path: Path, *options
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal")
 def test_cli_reconcile_shows_progress_on_a_terminal_only(keys, stub, tmp_path: Path):
-    import pty
-
     for i in range(12):
         stub.add_trade(f"R{i:02d}", "TRADE_SUCCESS", "9.90")
-    primary, secondary = pty.openpty()
-    try:
-        child = run_reconcile_cli(keys, stub, tmp_path, "--concurrency", "3", stderr=secondary)
-        os.close(secondary)
-        terminal = b""
-        while True:
-            try:
-                chunk = os.read(primary, 4096)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            terminal += chunk
-        out = child.communicate(timeout=60)[0].decode()
-    finally:
-        os.close(primary)
+    child, terminal = on_a_terminal(
+        lambda fd: run_reconcile_cli(keys, stub, tmp_path, "--concurrency", "3", stderr=fd))
+    out = child.communicate(timeout=60)[0].decode()
     assert child.returncode == 0, (out, terminal)
     assert b"\rreconciled 1/12 orders" in terminal and b"\rreconciled 12/12 orders\r\n" in terminal, terminal
     assert out.endswith("\n12 processed\n") and out.count("processed    R") == 12 and "reconciled" not in out
