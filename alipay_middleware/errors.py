@@ -144,7 +144,8 @@ class AlipayApiError(AlipayError):
 
 
 class OutcomeUnknown(AlipayError):
-    """A call that moves money (a refund) got no trustworthy answer: it may or may not have happened.
+    """A call that moves money (a refund, a non-idempotent ``call()``) got no trustworthy answer: it may or
+    may not have happened.
 
     Never treat it as a failure and never retry with a *new* request number. Ask first
     (``refund_query`` with the same ``out_request_no``), then, if the refund is not there, call again

@@ -664,3 +664,93 @@ def test_calls_are_thread_safe(stub, make_client):
     for thread in threads:
         thread.join()
     assert sorted(results) == [f"M{n}" for n in range(8)]
+
+
+# -- call(): any other API ---------------------------------------------------------------------------------
+
+
+def test_call_returns_the_verified_payload_and_sends_extra_common_params(stub, make_client, call):
+    trade = stub.add_trade("C1", "TRADE_SUCCESS", "9.90")
+    payload = call(make_client(), "call", method=QUERY, biz={"out_trade_no": "C1"}, idempotent=True,
+                   app_auth_token="token-1")
+    assert isinstance(payload, dict) and payload["code"] == "10000"
+    assert (payload["trade_no"], payload["trade_status"], payload["total_amount"]) == (trade.trade_no, "TRADE_SUCCESS",
+                                                                                       "9.90")
+    sent = stub.received[-1]
+    assert sent.method == QUERY and sent.biz == {"out_trade_no": "C1"} and sent.params["app_auth_token"] == "token-1"
+    assert "idempotent" not in sent.params and "timeout" not in sent.params
+
+
+def test_call_sends_decimals_as_their_exact_string_and_moves_money_once(stub, make_client, call):
+    trade = stub.add_trade("C2", "TRADE_SUCCESS", "9.90")
+    payload = call(make_client(), "call", method=REFUND,
+                   biz={"out_trade_no": "C2", "refund_amount": Decimal("4.00"), "out_request_no": "C2-r1"})
+    assert payload["fund_change"] == "Y" and stub.received[-1].biz["refund_amount"] == "4.00"
+    assert trade.refunded == Decimal("4.00")
+
+
+def test_call_raises_alipay_api_error_when_alipay_says_no(stub, make_client, call):
+    with pytest.raises(AlipayApiError) as caught:
+        call(make_client(), "call", method=QUERY, biz={"out_trade_no": "NOPE"}, idempotent=True)
+    assert caught.value.sub_code == "ACQ.TRADE_NOT_EXIST" and caught.value.verified
+
+
+def test_call_tampered_answer_is_an_error_and_for_a_non_idempotent_call_an_unknown_outcome(stub, make_client, call):
+    stub.add_trade("C3", "TRADE_WAIT_BUYER_PAY", "9.90")
+    stub.fault(QUERY, "tampered", changes={"trade_status": "TRADE_SUCCESS"})
+    with pytest.raises(ResponseError):
+        call(make_client(), "call", method=QUERY, biz={"out_trade_no": "C3"}, idempotent=True)
+    stub.fault(QUERY, "tampered", changes={"trade_status": "TRADE_SUCCESS"})
+    with pytest.raises(OutcomeUnknown) as caught:
+        call(make_client(), "call", method=QUERY, biz={"out_trade_no": "C3"})
+    assert caught.value.reason == "unverifiable_response" and caught.value.out_trade_no == "C3"
+
+
+def test_call_retries_network_trouble_only_when_idempotent(stub, make_client, call):
+    stub.add_trade("C4", "TRADE_SUCCESS", "9.90")
+    stub.fault(QUERY, "http_502", times=10)
+    with pytest.raises(GatewayUnavailable, match="after 3 attempts"):
+        call(make_client(), "call", method=QUERY, biz={"out_trade_no": "C4"}, idempotent=True)
+    assert stub.count() == 3
+    with pytest.raises(OutcomeUnknown) as caught:  # sent, answered 502: it may have happened
+        call(make_client(), "call", method=QUERY, biz={"out_trade_no": "C4"})
+    assert caught.value.reason == "http_error" and stub.count() == 4
+
+
+def test_call_timeout_applies_to_that_call(stub, make_client, call):
+    stub.add_trade("C5", "TRADE_SUCCESS", "9.90")
+    stub.fault(REFUND, "apply_then_hang")
+    client = make_client(timeout=30)  # the client's own timeout would wait; the call's does not
+    with pytest.raises(OutcomeUnknown) as caught:
+        call(client, "call", method=REFUND, biz={"out_trade_no": "C5", "refund_amount": "1.00",
+                                                 "out_request_no": "C5-r1"}, timeout=HANG_TIMEOUT)
+    assert caught.value.reason == "timeout" and client.timeout == 30
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    (("alipay.trade.query", {}), {"sign": "x"}, ValueError, "sign is set by the client"),
+    (("alipay.trade.query", {}), {"app_id": "2021"}, ValueError, "app_id is set by the client"),
+    (("alipay.trade.query", {}), {"app_auth_token": 5}, TypeError, "app_auth_token must be a str"),
+    (("trade query", {}), {}, ValueError, "Open Platform method name"),
+    (("alipay.trade.query", ["out_trade_no"]), {}, TypeError, "biz must be a mapping"),
+    (("alipay.trade.query", {"when": datetime(2026, 1, 1)}), {}, TypeError, "JSON-serialisable"),
+    (("alipay.trade.query", {}), {"timeout": 0}, ValueError, "timeout must be"),
+    (("alipay.trade.query", {}), {"idempotent": "yes"}, TypeError, "idempotent must be"),
+])
+def test_call_refuses_bad_arguments_before_sending(stub, make_client, args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make_client().call(*args, **kwargs)
+    assert stub.count() == 0
+
+
+def test_call_is_unsupported_for_a_legacy_merchant():
+    from alipay_middleware import UnsupportedCall
+
+    alipay = Alipay(LegacyConfig(partner=PARTNER, key=MD5_KEY), ledger=":memory:")
+    try:
+        with pytest.raises(UnsupportedCall, match="Open Platform"):
+            alipay.client.call("alipay.trade.query", {"out_trade_no": "A1"})
+        with pytest.raises(UnsupportedCall, match="Open Platform"):
+            asyncio.run(alipay.aclient.call("alipay.trade.query", {"out_trade_no": "A1"}))
+    finally:
+        alipay.close()

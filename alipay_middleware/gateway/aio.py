@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from decimal import Decimal
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..protocols.legacy import LegacyConfig
 from ..protocols.openapi import OpenApiConfig
@@ -99,3 +99,9 @@ class AsyncAlipayClient:
         return await self._run(functools.partial(
             self.sync.refund_query, out_trade_no=out_trade_no, trade_no=trade_no, out_request_no=out_request_no,
         ))
+
+    async def call(self, method: str, biz: Mapping[str, Any] | None = None, *, idempotent: bool = False,
+                   timeout: float | None = None, **common_params: str) -> dict[str, Any]:
+        """:meth:`AlipayClient.call`, in a thread."""
+        return await self._run(functools.partial(
+            self.sync.call, method, biz, idempotent=idempotent, timeout=timeout, **common_params))

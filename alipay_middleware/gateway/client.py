@@ -1,10 +1,11 @@
-"""Talking back to Alipay: ``alipay.trade.query``, ``.refund``, ``.close`` and ``.fastpay.refund.query``.
+"""Talking back to Alipay: trade query, refund, close and refund query, and ``call()`` for any other API.
 
     client = alipay.client                      # or AlipayClient(config, timeout=10.0, retries=2)
     trade = client.query(out_trade_no="A1")     # TradeQuery; trade.exists is False until the buyer acts
     result = client.refund(out_trade_no="A1", refund_amount=Decimal("9.90"), out_request_no="A1-r1")
 
     result = await alipay.aclient.refund(...)   # the same calls as coroutines, run in a thread
+    payload = client.call("alipay.trade.query", {"out_trade_no": "A1"}, idempotent=True)  # any other API
 
 Money safety, up front:
 
@@ -38,6 +39,9 @@ outcome), never keys, bodies or credentials.
 
 from __future__ import annotations
 
+import copy
+import json
+import re
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -50,14 +54,19 @@ from ..wire.response import GatewayResponse, verify_response
 from .base import Call, GatewayClient, Host, config_and_protocol
 from .fields import amount_field, check_identifier, text_field, trade_biz
 from .results import CloseResult, RefundQuery, RefundResult, TradeQuery
-from .transport import USER_AGENT
+from .transport import USER_AGENT, Transport
 
-__all__ = ["CLOSE", "QUERY", "REFUND", "REFUND_QUERY", "AlipayClient"]
+__all__ = ["CLOSE", "QUERY", "REFUND", "REFUND_QUERY", "RESERVED_PARAMS", "AlipayClient"]
 
 QUERY = "alipay.trade.query"
 REFUND = "alipay.trade.refund"
 CLOSE = "alipay.trade.close"
 REFUND_QUERY = "alipay.trade.fastpay.refund.query"
+
+#: The common parameters the client sets itself; ``call()`` refuses them as keywords.
+RESERVED_PARAMS = frozenset({"app_id", "method", "format", "charset", "sign_type", "sign", "timestamp", "version",
+                             "biz_content", "app_cert_sn", "alipay_root_cert_sn"})
+_METHOD = re.compile(r"[a-z][a-z0-9]*(?:\.[a-z0-9_]+)+")
 
 SERVICE_UNAVAILABLE = "20000"
 TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
@@ -257,6 +266,84 @@ class AlipayClient(GatewayClient):
             call.outcome = f"{response.code}/{result.refund_status or 'no_refund'}"
             return result
 
+    # -- any other API -------------------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        biz: Mapping[str, Any] | None = None,
+        *,
+        idempotent: bool = False,
+        timeout: float | None = None,
+        **common_params: str,
+    ) -> dict[str, Any]:
+        """Any Open Platform API (``alipay.trade.royalty.relation.bind``, ``alipay.trade.pay``, ...): the
+        verified payload of ``<method>_response`` when Alipay answered code 10000, as a dict.
+
+        ``biz``: the ``biz_content`` (JSON-serialisable; Decimals become strings). ``common_params``: more
+        common parameters, as str (``app_auth_token="..."``, ``notify_url="..."``); the ones this client
+        sets (:data:`RESERVED_PARAMS`) are refused. ``idempotent`` and ``timeout`` are not sent:
+        ``idempotent=True`` lets network trouble be retried (``retries``); the default never retries, and
+        then a request that was sent but got no trustworthy answer (a timeout, a lost connection, an
+        unverifiable or unsigned answer, code ``20000`` or ``ACQ.SYSTEM_ERROR``) raises
+        :class:`OutcomeUnknown`: find out with a query before calling again. ``timeout``: seconds for
+        each attempt of this call, instead of the client's. Alipay saying no raises :class:`AlipayApiError`.
+        """
+        if not isinstance(method, str) or not _METHOD.fullmatch(method):
+            raise ValueError(f"method must be an Open Platform method name such as 'alipay.trade.query', "
+                             f"got {method!r}")
+        if biz is not None and not isinstance(biz, Mapping):
+            raise TypeError(f"biz must be a mapping (the biz_content), got {type(biz).__name__}")
+        if not isinstance(idempotent, bool):
+            raise TypeError("idempotent must be True or False")
+        for name, value in common_params.items():
+            if name in RESERVED_PARAMS:
+                raise ValueError(f"{name} is set by the client and cannot be passed to call()")
+            if not isinstance(value, str):
+                raise TypeError(f"common parameter {name} must be a str, got {type(value).__name__}")
+        transport = None
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+                raise ValueError(f"timeout must be a number of seconds in (0, 600], got {timeout!r}")
+            transport = copy.copy(self._transport)
+            transport.timeout = float(timeout)
+        content = {k: _json_value(v) for k, v in (biz or {}).items()}
+        try:
+            json.dumps(content)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"biz must be JSON-serialisable (str, int, Decimal, bool, None, lists, dicts): {exc}") \
+                from None
+        out_trade_no, trade_no = content.get("out_trade_no"), content.get("trade_no")
+
+        def unknown(reason: str, detail: str = "", response: GatewayResponse | None = None) -> OutcomeUnknown:
+            payload = response.payload if response is not None else {}
+            return OutcomeUnknown(
+                method, reason, detail, code=text_field(payload, "code"), msg=text_field(payload, "msg"),
+                sub_code=text_field(payload, "sub_code"), sub_msg=text_field(payload, "sub_msg"),
+                out_trade_no=out_trade_no if isinstance(out_trade_no, str) else None,
+                trade_no=trade_no if isinstance(trade_no, str) else None,
+            )
+
+        with self._logged(method, out_trade_no if isinstance(out_trade_no, str) else None,
+                          trade_no if isinstance(trade_no, str) else None) as call:
+            try:
+                response = self._exchange(method, content, idempotent=idempotent, call=call,
+                                          unknown=None if idempotent else unknown, extra=common_params,
+                                          transport=transport)
+            except ResponseError as exc:
+                if idempotent:
+                    raise
+                raise unknown("unverifiable_response", exc.reason) from exc
+            if not idempotent:
+                if not response.verified:
+                    raise unknown("unsigned_error", "an unsigned error_response proves nothing", response)
+                if response.code == SERVICE_UNAVAILABLE:
+                    raise unknown("service_unavailable", "", response)
+                if text_field(response.payload, "sub_code") == SYSTEM_ERROR:
+                    raise unknown("system_error", "", response)
+            _raise_unless_success(method, response)
+            return dict(response.payload)
+
     # -- one gateway call ----------------------------------------------------------------------------------
 
     def _exchange(
@@ -267,12 +354,17 @@ class AlipayClient(GatewayClient):
         idempotent: bool,
         call: Call,
         unknown: Callable[[str, str], OutcomeUnknown] | None = None,
+        extra: Mapping[str, str] | None = None,
+        transport: Transport | None = None,
     ) -> GatewayResponse:
         """Sign, POST, read and verify; retried on network trouble only when ``idempotent``."""
 
         def attempt() -> bytes:
-            params = self.protocol.signed_params(method, biz)  # a fresh timestamp for every attempt
-            return self._post(urlencode(params).encode("ascii"))
+            params = self.protocol.signed_params(method, biz, extra=extra)  # a fresh timestamp every attempt
+            body = urlencode(params).encode("ascii")
+            if transport is not None:
+                return transport.request("POST", self._target, body, self._headers)
+            return self._post(body)
 
         raw = self._attempts(method, attempt, idempotent=idempotent, call=call, unknown=unknown)
         response = verify_response(
@@ -281,13 +373,15 @@ class AlipayClient(GatewayClient):
         call.outcome = response.code or "no_code"
         return response
 
+    _headers = {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        "Accept": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+
     def _post(self, body: bytes) -> bytes:
         """One POST within ``timeout``: the 200 answer's body, or a :class:`TransportError`."""
-        return self._send("POST", self._target, body, {
-            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        })
+        return self._send("POST", self._target, body, self._headers)
 
 
 # -- request and response fields -------------------------------------------------------------------------
@@ -299,6 +393,17 @@ def _raise_unless_success(method: str, response: GatewayResponse) -> None:
     payload = response.payload
     raise AlipayApiError(method, response.code or "no_code", text_field(payload, "msg"),
                          text_field(payload, "sub_code"), text_field(payload, "sub_msg"), verified=response.verified)
+
+
+def _json_value(value: Any) -> Any:
+    """A biz_content value as Alipay expects it: amounts (Decimal) as their exact string, nested alike."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def _check_echo(method: str, payload: Mapping[str, Any], **asked: str | None) -> None:

@@ -84,7 +84,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import quote_plus, urlencode
 
 from ..errors import AlipayApiError, Rejection, ResponseError, ResponseMismatch, UnsupportedCall
@@ -288,6 +288,12 @@ class LegacyClient(GatewayClient):
         """Not available: raises :class:`UnsupportedCall` (nothing is sent)."""
         _unsupported("refund_query", "legacy refunds have no out_request_no to ask about; they are reported by "
                                      "notifications carrying refund_status (see on_refunded)")
+
+    def call(self, method: str, biz: Mapping[str, Any] | None = None, *, idempotent: bool = False,
+             timeout: float | None = None, **common_params: str) -> dict[str, Any]:
+        """Not available: raises :class:`UnsupportedCall` (nothing is sent)."""
+        _unsupported("call", "it calls Open Platform APIs (app id, RSA2); the legacy service has other "
+                             "services under a partner id. Move to the Open Platform (OpenApiConfig)")
 
 
 def _unsupported(method: str, why: str) -> NoReturn:

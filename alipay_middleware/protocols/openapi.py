@@ -245,8 +245,10 @@ class OpenApiProtocol(Protocol):
         notify_url: str | None = None,
         return_url: str | None = None,
         now: datetime | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """Common parameters + ``biz_content`` + ``sign`` for one gateway call."""
+        """Common parameters + ``biz_content`` + ``sign`` for one gateway call. ``extra``: more common
+        parameters (``app_auth_token``, ...), checked by the caller (:data:`RESERVED_PARAMS` excluded)."""
         params = {
             "app_id": self.config.app_id,
             "method": method,
@@ -261,6 +263,8 @@ class OpenApiProtocol(Protocol):
             params["notify_url"] = notify_url
         if return_url:
             params["return_url"] = return_url
+        if extra:
+            params.update(extra)
         if self.config.app_cert_sn is not None and self.config.alipay_root_cert_sn is not None:
             params["app_cert_sn"] = self.config.app_cert_sn
             params["alipay_root_cert_sn"] = self.config.alipay_root_cert_sn
