@@ -22,7 +22,8 @@ class PaymentEvent:
 
     ``key`` is the dedupe key the ledger keeps forever (e.g. ``paid:<app_id>:<out_trade_no>``): a stable
     idempotency key for the hook's own writes. Events sharing a ``trade_key`` never run their hooks at
-    the same time. ``attempt`` counts the hook calls for this event (1 first).
+    the same time. ``attempt`` counts the hook calls for this event (1 first). ``buyer_id`` /
+    ``buyer_open_id``: the buyer, as the message names them (None when absent).
     """
 
     kind: Kind
@@ -41,6 +42,10 @@ class PaymentEvent:
     seller_id: str
     raw: dict[str, str] = field(repr=False)
     attempt: int = 1
+    #: Who paid: the 2088... user id, or (apps created since 2023) the app-scoped ``buyer_open_id``; None
+    #: when the message does not say (a legacy notification has no open id).
+    buyer_id: str | None = None
+    buyer_open_id: str | None = None
 
 
 @dataclass(frozen=True)

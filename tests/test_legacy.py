@@ -83,6 +83,7 @@ def test_md5_paid_notification_is_origin_checked_then_pays_once(shop):
     event = shop.paid.calls[0]
     assert (event.kind, event.out_trade_no, event.total_amount) == ("paid", "L1", Decimal("9.90"))
     assert event.key == f"paid:{PARTNER}:L1" and event.seller_id == PARTNER and event.app_id == ""
+    assert (event.buyer_id, event.buyer_open_id) == (fields["buyer_id"], None)
     assert event.gmt_payment.utcoffset().total_seconds() == 8 * 3600
     # The origin check went to the configured gateway with the id exactly as received.
     assert shop.stub.requests[0] == (

@@ -67,6 +67,16 @@ def test_paid_notification_calls_on_paid_once_and_answers_success(shop):
     assert event.attempt == 1
     stored = shop.alipay.ledger.get(event.key)
     assert stored.status == DONE and stored.raw_body.startswith(b"notify_time=")
+    assert (event.buyer_id, event.buyer_open_id) == (fields["buyer_id"], None)
+
+
+def test_an_open_id_buyer_is_named_on_the_event(shop):
+    """Apps created since 2023 name the buyer by buyer_open_id, with no buyer_id."""
+    fields = {k: v for k, v in notify_fields("T1", "9.90").items() if k != "buyer_id"}
+    fields["buyer_open_id"] = "074a1CcTG1LelxKe4xQC0zgNdId0nxi95b5lsNpazWYoCo5"
+    assert_success(shop.post(signed_body(fields, shop.keys.alipay)))
+    event = shop.paid.calls[0]
+    assert (event.buyer_id, event.buyer_open_id) == (None, fields["buyer_open_id"])
 
 
 def test_resend_is_acknowledged_without_calling_the_hook_again(shop):

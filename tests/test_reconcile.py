@@ -89,6 +89,16 @@ def test_return_of_a_paid_trade_confirms_and_pays_once(shop, keys):
     assert shop.stub.count("alipay.trade.query") == queries
 
 
+@pytest.mark.parametrize("buyer", [{"buyer_user_id": "2088102000000009"},
+                                   {"buyer_open_id": "074a1CcTG1LelxKe4xQC0zgNdId0nxi95b5lsNpazWYoCo5"}])
+def test_a_confirmed_payment_names_its_buyer(shop, keys, buyer):
+    """alipay.trade.query calls the user id buyer_user_id; the event calls it buyer_id, as a notification does."""
+    shop.stub.add_trade("A1", "TRADE_SUCCESS", "9.90", **buyer)
+    assert "paid=True" in shop.client.request("GET", RETURN, query=return_query(keys)).body.decode()
+    event = shop.paid.calls[0]
+    assert (event.buyer_id, event.buyer_open_id) == (buyer.get("buyer_user_id"), buyer.get("buyer_open_id"))
+
+
 @pytest.mark.parametrize(("status", "paid"), [("WAIT_BUYER_PAY", "False"), (None, "False")])
 def test_return_of_an_unpaid_trade_runs_nothing(shop, keys, status, paid):
     if status:

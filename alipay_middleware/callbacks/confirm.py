@@ -110,4 +110,6 @@ def query_event(protocol: Protocol, query: TradeAnswer) -> PaymentEvent | None:
         app_id=protocol.app_id,
         seller_id=raw.get("seller_id", ""),
         raw=raw,
+        buyer_id=raw.get("buyer_user_id") or None,  # alipay.trade.query's name for it
+        buyer_open_id=raw.get("buyer_open_id") or None,
     )

@@ -288,6 +288,8 @@ class LegacyProtocol(Protocol):
             app_id="",
             seller_id=fields.get("seller_id", ""),
             raw=dict(fields),
+            buyer_id=fields.get("buyer_id") or None,
+            buyer_open_id=fields.get("buyer_open_id") or None,
         )
 
     def _return_paid(self, fields: Mapping[str, str]) -> bool:

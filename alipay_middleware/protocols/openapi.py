@@ -222,6 +222,8 @@ class OpenApiProtocol(Protocol):
             app_id=fields.get("app_id", ""),
             seller_id=fields.get("seller_id", ""),
             raw=dict(fields),
+            buyer_id=fields.get("buyer_id") or None,
+            buyer_open_id=fields.get("buyer_open_id") or None,
         )
 
     def return_result(self, fields: Mapping[str, str]) -> ReturnResult:
